@@ -1,0 +1,30 @@
+//! Everything the lambda-microservice processes say to each other, as plain data.
+//!
+//! - [`language`]: the runtimes a script can be written for and the
+//!   `Language-Title` header that names a script (`nodejs-calculator`).
+//! - [`job`]: the execute job the API publishes and the result a worker replies with.
+//! - [`error`]: the error codes of the REST contract and their HTTP statuses.
+//! - [`subjects`]: NATS subject and stream names, all under one configurable prefix.
+//! - [`streams`]: the JetStream stream and consumer definitions kept in `nats/jetstream.json`.
+//! - [`heartbeat`]: what a worker announces about its runtimes.
+//! - [`codec`]: MessagePack encoding (`rmp_serde::to_vec_named`, so fields can be added).
+//!
+//! With the `jetstream` feature, [`jetstream`] creates those streams and consumers
+//! idempotently on a live server.
+
+pub mod codec;
+pub mod error;
+pub mod heartbeat;
+pub mod job;
+pub mod language;
+pub mod streams;
+pub mod subjects;
+
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
+
+pub use error::ErrorCode;
+pub use heartbeat::{RuntimeStatus, WorkerHeartbeat};
+pub use job::{script_hash, Job, JobError, JobResult};
+pub use language::{Language, LanguageTitle, LanguageTitleError};
+pub use subjects::Subjects;
