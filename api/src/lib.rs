@@ -1,1 +1,134 @@
-//! placeholder
+//! The REST front of lambda-microservice.
+//!
+//! `initialize` stores a session (script, context, limits) in PostgreSQL and
+//! the cache; `execute` publishes the session's script with new parameters as a
+//! job on the language's JetStream subject and answers with the worker's result.
+//!
+//! - [`config`]: flags and environment.
+//! - [`routes`]: the HTTP routes; [`error`] and [`extract`] keep every answer JSON.
+//! - [`session`]: sessions in PostgreSQL behind the [`cache`] (Redis or in-process).
+//! - [`queue`]: publishes jobs and routes results back to waiting requests.
+//! - [`runtimes`]: which languages live workers serve, from their heartbeats.
+//! - [`executions`]: execution counts, written to PostgreSQL off the request path.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod executions;
+pub mod extract;
+pub mod queue;
+pub mod routes;
+pub mod runtimes;
+pub mod session;
+
+pub use config::Config;
+
+use anyhow::Context as _;
+use cache::Cache;
+use executions::ExecutionCounts;
+use queue::Queue;
+use runtimes::Runtimes;
+use schemas::Subjects;
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use std::{sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// The owner of everything until callers authenticate.
+pub const OWNER_ANONYMOUS: &str = "anonymous";
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub cache: Arc<Cache>,
+    pub queue: Queue,
+    pub runtimes: Runtimes,
+    pub executions: ExecutionCounts,
+    pub subjects: Subjects,
+}
+
+/// A built API, listening but not yet serving.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    tracker: TaskTracker,
+    background: CancellationToken,
+}
+
+impl App {
+    /// Connects to PostgreSQL (applying migrations), Redis and NATS, and binds.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = connect_db(&config.database_url).await?;
+        let cache = Cache::new(config.redis_url.as_deref()).context("configuring Redis")?;
+        let nats = async_nats::ConnectOptions::new()
+            .name("lambda-api")
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let subjects = Subjects::new(&config.nats_prefix);
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        let queue = Queue::start(nats.clone(), subjects.clone(), &tracker, background.clone()).await?;
+        let runtimes = Runtimes::follow(&nats, &subjects, &tracker, background.clone()).await?;
+        let executions = ExecutionCounts::default();
+        executions.spawn_writer(db.clone(), &tracker, background.clone());
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .with_context(|| format!("binding {}", config.bind_addr))?;
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            cache: Arc::new(cache),
+            queue,
+            runtimes,
+            executions,
+            subjects,
+        };
+        Ok(Self {
+            listener,
+            router: routes::router(state),
+            tracker,
+            background,
+        })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown`, then finishes in-flight requests and writes
+    /// what is still buffered.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        self.background.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not finish in time");
+        }
+        Ok(())
+    }
+}
+
+/// Connects to PostgreSQL and applies the migrations in `migrations/`.
+pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
+    let db = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    sqlx::migrate!("../migrations")
+        .run(&db)
+        .await
+        .context("applying migrations")?;
+    Ok(db)
+}

@@ -10,7 +10,8 @@
 //! - [`codec`]: MessagePack encoding (`rmp_serde::to_vec_named`, so fields can be added).
 //!
 //! With the `jetstream` feature, [`jetstream`] creates those streams and consumers
-//! idempotently on a live server.
+//! idempotently on a live server; with `service`, [`service`] holds the logging
+//! set-up and shutdown signal every binary shares.
 
 pub mod codec;
 pub mod error;
@@ -22,6 +23,9 @@ pub mod subjects;
 
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
+
+#[cfg(feature = "service")]
+pub mod service;
 
 pub use error::ErrorCode;
 pub use heartbeat::{RuntimeStatus, WorkerHeartbeat};

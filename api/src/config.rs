@@ -1,0 +1,76 @@
+//! The API's configuration: command-line flags or environment variables.
+
+use clap::Parser;
+use std::{net::SocketAddr, time::Duration};
+
+/// Everything the API can be told; every default works for the local start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "api", version, about = "lambda-microservice REST API")]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+
+    /// PostgreSQL: sessions, scripts and functions.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/lambda"
+    )]
+    pub database_url: String,
+
+    /// Redis cache; without it an in-process cache is used.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Prefix of every NATS subject and stream of this deployment.
+    #[arg(long, env = "NATS_PREFIX", default_value = "lambda")]
+    pub nats_prefix: String,
+
+    /// How long a session lives after `initialize`.
+    #[arg(long, env = "SESSION_EXPIRY_SECONDS", default_value_t = 3600)]
+    pub session_expiry_seconds: u64,
+
+    /// A script's timeout when its context names none.
+    #[arg(long, env = "RUNTIME_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub runtime_timeout_seconds: u64,
+
+    /// The longest `timeout_ms` a context may ask for.
+    #[arg(long, env = "MAX_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub max_timeout_seconds: u64,
+
+    /// A script's memory limit when its context names none.
+    #[arg(long, env = "RUNTIME_MEMORY_MB", default_value_t = 128)]
+    pub runtime_memory_mb: u32,
+
+    /// The largest `memory_mb` a context may ask for.
+    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 1024)]
+    pub max_memory_mb: u32,
+
+    /// Largest script accepted, in bytes.
+    #[arg(long, env = "MAX_SCRIPT_SIZE", default_value_t = 1024 * 1024)]
+    pub max_script_size: usize,
+
+    /// Largest request body accepted, in bytes (a JSON-escaped script grows).
+    #[arg(long, env = "MAX_BODY_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_size: usize,
+
+    /// How long a synchronous execute may wait for a free worker on top of
+    /// the script's own timeout.
+    #[arg(long, env = "QUEUE_WAIT_MS", default_value_t = 5000)]
+    pub queue_wait_ms: u64,
+}
+
+impl Config {
+    /// The defaults, as if no flag or variable were set.
+    pub fn from_defaults() -> Self {
+        Self::parse_from(["api"])
+    }
+
+    pub(crate) fn default_timeout(&self) -> Duration {
+        Duration::from_secs(self.runtime_timeout_seconds)
+    }
+}

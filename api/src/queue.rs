@@ -1,0 +1,134 @@
+//! The way to the workers: publishes execute jobs on JetStream and routes the
+//! results, which workers publish on this instance's reply subject, back to
+//! the request waiting for each.
+
+use crate::error::ApiError;
+use async_nats::{jetstream, HeaderMap};
+use futures::StreamExt;
+use schemas::{codec, ErrorCode, Job, JobResult, Subjects};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::oneshot;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<JobResult>>>>;
+
+/// Publishes jobs and awaits their results.
+#[derive(Clone)]
+pub struct Queue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    reply_subject: String,
+    pending: Pending,
+}
+
+impl Queue {
+    /// Creates the jobs stream if needed and starts routing replies.
+    pub async fn start(
+        client: async_nats::Client,
+        subjects: Subjects,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        schemas::jetstream::ensure_jobs_stream(&js, &subjects).await?;
+        let reply_subject = subjects.replies(&Uuid::new_v4().simple().to_string());
+        let mut replies = client.subscribe(reply_subject.clone()).await?;
+        client.flush().await?;
+        let pending = Pending::default();
+        let routes = pending.clone();
+        tracker.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    message = replies.next() => match message { Some(m) => m, None => break },
+                };
+                match codec::decode::<JobResult>(&message.payload) {
+                    Ok(result) => {
+                        let waiter = routes.lock().expect("pending lock").remove(&result.job_id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(result);
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "undecodable job result"),
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            js,
+            subjects,
+            reply_subject,
+            pending,
+        })
+    }
+
+    /// Publishes `job` and waits up to `wait` for its result.
+    pub async fn execute(&self, mut job: Job, wait: Duration) -> Result<JobResult, ApiError> {
+        job.reply_to = Some(self.reply_subject.clone());
+        let payload = codec::encode(&job).map_err(ApiError::internal)?;
+        let max_payload = self.client.server_info().max_payload;
+        if payload.len() > max_payload {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the job is {} bytes; the queue takes at most {max_payload}",
+                    payload.len()
+                ),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let _waiting = Waiting::register(&self.pending, job.job_id, tx);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", job.job_id.to_string().as_str());
+        let subject = self.subjects.jobs(job.language);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(queue_refused)?;
+        ack.await.map_err(queue_refused)?;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(ApiError::unavailable("the service is shutting down", 1)),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("no result within {} ms", wait.as_millis()),
+            )),
+        }
+    }
+
+    /// Whether the NATS connection is up.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+fn queue_refused(err: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %err, "job not accepted by JetStream");
+    ApiError::unavailable(format!("the job queue did not accept the job: {err}"), 1)
+}
+
+/// A registered waiter, removed when the request finishes or is abandoned.
+struct Waiting<'a> {
+    pending: &'a Pending,
+    job_id: Uuid,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(pending: &'a Pending, job_id: Uuid, tx: oneshot::Sender<JobResult>) -> Self {
+        pending.lock().expect("pending lock").insert(job_id, tx);
+        Self { pending, job_id }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pending lock").remove(&self.job_id);
+    }
+}

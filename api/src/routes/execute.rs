@@ -1,0 +1,112 @@
+//! `POST /execute/{request_id}`: runs a session's script with new parameters
+//! and answers with its result.
+
+use super::sessions::parse_session_id;
+use crate::{
+    error::{ApiError, ApiResult},
+    extract::JsonObject,
+    session, AppState,
+};
+use axum::{
+    extract::{Path, State},
+    http::header,
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use chrono::Utc;
+use schemas::{ErrorCode, Job};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/execute/{request_id}", post(execute))
+}
+
+#[derive(Deserialize)]
+struct ExecuteBody {
+    #[serde(default)]
+    params: Option<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct ExecuteResponse<'a> {
+    request_id: Uuid,
+    language_title: &'a str,
+    execution_time: f64,
+    cached: bool,
+    result: &'a RawValue,
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %request_id))]
+async fn execute(
+    State(state): State<AppState>,
+    Path(request_id): Path<String>,
+    JsonObject(body): JsonObject<ExecuteBody>,
+) -> ApiResult<Response> {
+    let id = parse_session_id(&request_id)?;
+    let params_json = match body.params {
+        None => "{}".to_owned(),
+        Some(raw) if raw.get().starts_with('{') => raw.get().to_owned(),
+        Some(_) => {
+            return Err(ApiError::new(ErrorCode::InvalidParams, "params must be a JSON object"))
+        }
+    };
+    let session = session::load(&state.db, &state.cache, state.subjects.prefix(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
+    if !session.is_active(Utc::now()) {
+        return Err(ApiError::not_found(format!("session {request_id} has expired")));
+    }
+    if !state.runtimes.available(session.language) {
+        return Err(ApiError::unavailable(
+            format!("no worker is running {} right now", session.language),
+            5,
+        ));
+    }
+
+    let wait = Duration::from_millis(session.timeout_ms + state.config.queue_wait_ms);
+    let job = Job {
+        job_id: Uuid::now_v7(),
+        request_id: Some(session.request_id),
+        language: session.language,
+        language_title: session.language_title.clone(),
+        owner: session.owner.clone(),
+        script_hash: session.script_hash.clone(),
+        script: session.script.clone(),
+        params_json,
+        context_json: session.context_json.clone(),
+        timeout_ms: session.timeout_ms,
+        memory_mb: session.memory_mb,
+        deadline_ms: unix_ms() + wait.as_millis() as u64,
+        reply_to: None,
+    };
+    let result = state.queue.execute(job, wait).await?;
+    state.executions.record(session.request_id, Utc::now());
+
+    if let Some(error) = result.error {
+        return Err(error.into());
+    }
+    let result_json = result
+        .result_json
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("worker sent neither result nor error")))?;
+    let result_raw = RawValue::from_string(result_json).map_err(ApiError::internal)?;
+    let body = serde_json::to_vec(&ExecuteResponse {
+        request_id: session.request_id,
+        language_title: &session.language_title,
+        execution_time: (result.execution_time_ms * 1000.0).round() / 1000.0,
+        cached: false,
+        result: &result_raw,
+    })
+    .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

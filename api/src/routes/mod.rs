@@ -1,0 +1,43 @@
+//! The HTTP routes, one module per domain.
+
+mod execute;
+mod health;
+mod sessions;
+
+use crate::{error::ApiError, AppState};
+use axum::{http::StatusCode, response::IntoResponse, Router};
+use schemas::ErrorCode;
+use std::any::Any;
+use axum::extract::DefaultBodyLimit;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_size;
+    Router::new()
+        .merge(health::router())
+        .nest(
+            "/api/v1",
+            Router::new().merge(sessions::router()).merge(execute::router()),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+        })
+        // Bodies over the limit are refused by the extractor, as JSON (413).
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    tracing::error!(panic = message, "handler panicked");
+    let mut response = ApiError::new(ErrorCode::InternalError, "internal error").into_response();
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}

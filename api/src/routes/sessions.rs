@@ -1,0 +1,269 @@
+//! `POST /initialize` and `GET /sessions/{request_id}`.
+
+use crate::{
+    error::{ApiError, ApiResult},
+    extract::JsonObject,
+    session::{self, Session},
+    AppState, OWNER_ANONYMOUS,
+};
+use axum::{
+    extract::{Path, State},
+    http::HeaderMap,
+    routing::{get, post},
+    Json, Router,
+};
+use chrono::{DateTime, Utc};
+use schemas::{script_hash, ErrorCode, LanguageTitle, LanguageTitleError};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/initialize", post(initialize))
+        .route("/sessions/{request_id}", get(get_session))
+}
+
+#[derive(Deserialize)]
+struct InitializeBody {
+    #[serde(default)]
+    context: Option<Value>,
+    #[serde(default)]
+    script_content: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(language_title))]
+async fn initialize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject<InitializeBody>,
+) -> ApiResult<Json<Value>> {
+    let language_title = language_title(&headers)?;
+    tracing::Span::current().record("language_title", language_title.to_string());
+    let context = match body.context {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::invalid_request("context must be a JSON object")),
+    };
+    let limits = Limits::from_context(&context, &state)?;
+    let owner = OWNER_ANONYMOUS;
+    let lt = language_title.to_string();
+
+    let (script, registers) = match body.script_content {
+        Some(script) => {
+            if script.len() > state.config.max_script_size {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "script_content is {} bytes; MAX_SCRIPT_SIZE is {}",
+                        script.len(),
+                        state.config.max_script_size
+                    ),
+                ));
+            }
+            if script.trim().is_empty() {
+                return Err(ApiError::invalid_request("script_content is empty"));
+            }
+            (script, true)
+        }
+        None => {
+            let registered: Option<String> = sqlx::query_scalar(
+                "SELECT sc.content FROM functions f JOIN scripts sc ON sc.hash = f.script_hash
+                 WHERE f.language_title = $1 AND f.owner IN ($2, '')
+                 ORDER BY f.owner DESC LIMIT 1",
+            )
+            .bind(&lt)
+            .bind(owner)
+            .fetch_optional(&state.db)
+            .await?;
+            let script = registered.ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no function is registered as {lt}; send script_content to register one"
+                ))
+            })?;
+            (script, false)
+        }
+    };
+    let language = language_title.language;
+    let hash = script_hash(language, &script);
+    let now = Utc::now();
+    let session = Session {
+        request_id: Uuid::now_v7(),
+        owner: owner.to_owned(),
+        language,
+        language_title: lt,
+        script_hash: hash,
+        script,
+        context_json: Value::Object(context).to_string(),
+        timeout_ms: limits.timeout_ms,
+        memory_mb: limits.memory_mb,
+        retain: limits.retain,
+        created_at: now,
+        expires_at: now + chrono::Duration::seconds(state.config.session_expiry_seconds as i64),
+    };
+
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO scripts (hash, language, content) VALUES ($1, $2, $3)
+         ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(&session.script_hash)
+    .bind(language.as_str())
+    .bind(&session.script)
+    .execute(&mut *tx)
+    .await?;
+    if registers {
+        sqlx::query(
+            "INSERT INTO functions (owner, language_title, language, title, kind, script_hash)
+             VALUES ($1, $2, $3, $4, 'dynamic', $5)
+             ON CONFLICT (owner, language_title)
+             DO UPDATE SET script_hash = EXCLUDED.script_hash, updated_at = now()",
+        )
+        .bind(owner)
+        .bind(&session.language_title)
+        .bind(language.as_str())
+        .bind(&language_title.title)
+        .bind(&session.script_hash)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO sessions (request_id, owner, language_title, language, script_hash,
+                               context, timeout_ms, memory_mb, retain, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)",
+    )
+    .bind(session.request_id)
+    .bind(&session.owner)
+    .bind(&session.language_title)
+    .bind(language.as_str())
+    .bind(&session.script_hash)
+    .bind(&session.context_json)
+    .bind(session.timeout_ms as i64)
+    .bind(session.memory_mb as i32)
+    .bind(session.retain)
+    .bind(session.created_at)
+    .bind(session.expires_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    session::remember(&state.cache, state.subjects.prefix(), &session).await;
+    Ok(Json(json!({
+        "request_id": session.request_id,
+        "status": "initialized",
+        "expires_at": session.expires_at,
+    })))
+}
+
+fn language_title(headers: &HeaderMap) -> ApiResult<LanguageTitle> {
+    let value = headers
+        .get("language-title")
+        .ok_or_else(|| ApiError::invalid_request("the Language-Title header is required"))?
+        .to_str()
+        .map_err(|_| ApiError::invalid_request("Language-Title must be ASCII"))?;
+    value.trim().parse().map_err(|err: LanguageTitleError| match err {
+        LanguageTitleError::UnknownLanguage(_) => ApiError::not_found(err.to_string()),
+        _ => ApiError::invalid_request(err.to_string()),
+    })
+}
+
+/// The limits a context asks for, checked against the server's maxima.
+struct Limits {
+    timeout_ms: u64,
+    memory_mb: u32,
+    retain: bool,
+}
+
+impl Limits {
+    fn from_context(context: &Map<String, Value>, state: &AppState) -> ApiResult<Self> {
+        let config = &state.config;
+        let max_timeout_ms = config.max_timeout_seconds * 1000;
+        let timeout_ms = match context.get("timeout_ms") {
+            None | Some(Value::Null) => config.default_timeout().as_millis() as u64,
+            Some(v) => v
+                .as_u64()
+                .filter(|ms| (1..=max_timeout_ms).contains(ms))
+                .ok_or_else(|| {
+                    ApiError::invalid_request(format!(
+                        "context.timeout_ms must be an integer from 1 to {max_timeout_ms}"
+                    ))
+                })?,
+        };
+        let memory_mb = match context.get("memory_mb") {
+            None | Some(Value::Null) => config.runtime_memory_mb,
+            Some(v) => v
+                .as_u64()
+                .filter(|mb| (16..=u64::from(config.max_memory_mb)).contains(mb))
+                .map(|mb| mb as u32)
+                .ok_or_else(|| {
+                    ApiError::invalid_request(format!(
+                        "context.memory_mb must be an integer from 16 to {}",
+                        config.max_memory_mb
+                    ))
+                })?,
+        };
+        let retain = match context.get("retain_session") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "context.retain_session must be a boolean",
+                ))
+            }
+        };
+        Ok(Self {
+            timeout_ms,
+            memory_mb,
+            retain,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionStatusRow {
+    request_id: Uuid,
+    language_title: String,
+    retain: bool,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    execution_count: i64,
+    last_executed_at: Option<DateTime<Utc>>,
+}
+
+async fn get_session(
+    State(state): State<AppState>,
+    Path(request_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_session_id(&request_id)?;
+    let row = sqlx::query_as::<_, SessionStatusRow>(
+        "SELECT request_id, language_title, retain, created_at, expires_at,
+                execution_count, last_executed_at
+         FROM sessions WHERE request_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
+    let mut count = row.execution_count;
+    let mut last = row.last_executed_at;
+    if let Some((n, at)) = state.executions.unwritten(id) {
+        count += n;
+        last = last.max(Some(at));
+    }
+    let active = row.retain || row.expires_at > Utc::now();
+    Ok(Json(json!({
+        "request_id": row.request_id,
+        "language_title": row.language_title,
+        "status": if active { "active" } else { "expired" },
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "execution_count": count,
+        "last_executed_at": last,
+    })))
+}
+
+/// A session id from a path; anything that is not a UUID names no session.
+pub(super) fn parse_session_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("session {raw} not found")))
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the API, a worker and the dispatcher against the real
+//! PostgreSQL, Redis and NATS, each test with its own database and NATS prefix.
+
+#![allow(unreachable_pub)] // test modules share helpers through `pub`
+
+mod errors;
+mod execution;
+mod resilience;
+mod support;

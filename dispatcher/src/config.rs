@@ -1,0 +1,38 @@
+//! The dispatcher's configuration: command-line flags or environment variables.
+
+use clap::Parser;
+
+/// Everything the dispatcher can be told; every default works for the local start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dispatcher", version, about = "lambda-microservice dispatcher")]
+pub struct Config {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/lambda"
+    )]
+    pub database_url: String,
+
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Prefix of every NATS subject and stream of this deployment.
+    #[arg(long, env = "NATS_PREFIX", default_value = "lambda")]
+    pub nats_prefix: String,
+
+    /// How long an expired session stays readable (status `expired`) before
+    /// it is removed.
+    #[arg(long, env = "SESSION_RETENTION_SECONDS", default_value_t = 86_400)]
+    pub session_retention_seconds: u64,
+
+    /// How often expired sessions are looked for.
+    #[arg(long, env = "REAP_INTERVAL_SECONDS", default_value_t = 60)]
+    pub reap_interval_seconds: u64,
+}
+
+impl Config {
+    /// The defaults, as if no flag were given.
+    pub fn from_defaults() -> Self {
+        Self::parse_from(["dispatcher"])
+    }
+}
