@@ -72,7 +72,10 @@ impl Cache {
         match self {
             Self::Redis(pool) => {
                 let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(value).arg("PX").arg(ttl.as_millis() as u64);
+                cmd.arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64);
                 redis_query::<()>(pool, cmd).await;
             }
             Self::Local(map) => {

@@ -34,7 +34,11 @@ impl ExecutionCounts {
 
     /// What this process counted for `id` that PostgreSQL does not show yet.
     pub fn unwritten(&self, id: Uuid) -> Option<(i64, DateTime<Utc>)> {
-        self.unwritten.lock().expect("counts lock").get(&id).copied()
+        self.unwritten
+            .lock()
+            .expect("counts lock")
+            .get(&id)
+            .copied()
     }
 
     /// Writes the counts every tick until `shutdown`, then once more.
@@ -62,7 +66,10 @@ impl ExecutionCounts {
     pub async fn write(&self, db: &PgPool) -> Result<(), sqlx::Error> {
         let snapshot: Vec<(Uuid, i64, DateTime<Utc>)> = {
             let unwritten = self.unwritten.lock().expect("counts lock");
-            unwritten.iter().map(|(id, (n, at))| (*id, *n, *at)).collect()
+            unwritten
+                .iter()
+                .map(|(id, (n, at))| (*id, *n, *at))
+                .collect()
         };
         if snapshot.is_empty() {
             return Ok(());

@@ -3,8 +3,8 @@
 
 use crate::error::ApiError;
 use axum::{
-    extract::{FromRequest, Request},
     body::Bytes,
+    extract::{FromRequest, Request},
 };
 use schemas::ErrorCode;
 use serde::de::DeserializeOwned;
@@ -37,10 +37,16 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = bytes.trim_ascii_start();
     let text: &[u8] = if text.is_empty() { b"{}" } else { text };
     if text[0] != b'{' {
-        return Err(ApiError::invalid_request("request body must be a JSON object"));
+        return Err(ApiError::invalid_request(
+            "request body must be a JSON object",
+        ));
     }
     serde_json::from_slice(text).map_err(|err| {
-        let kind = if err.is_data() { "invalid request body" } else { "malformed JSON" };
+        let kind = if err.is_data() {
+            "invalid request body"
+        } else {
+            "malformed JSON"
+        };
         ApiError::invalid_request(format!("{kind}: {err}"))
     })
 }

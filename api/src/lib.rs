@@ -70,7 +70,8 @@ impl App {
         let subjects = Subjects::new(&config.nats_prefix);
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
-        let queue = Queue::start(nats.clone(), subjects.clone(), &tracker, background.clone()).await?;
+        let queue =
+            Queue::start(nats.clone(), subjects.clone(), &tracker, background.clone()).await?;
         let runtimes = Runtimes::follow(&nats, &subjects, &tracker, background.clone()).await?;
         let executions = ExecutionCounts::default();
         executions.spawn_writer(db.clone(), &tracker, background.clone());

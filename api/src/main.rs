@@ -1,5 +1,5 @@
-use clap::Parser;
 use api::{App, Config};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

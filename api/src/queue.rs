@@ -129,6 +129,9 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.pending.lock().expect("pending lock").remove(&self.job_id);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.job_id);
     }
 }

@@ -77,7 +77,15 @@ impl Runtimes {
         let now = Instant::now();
         let mut summary: BTreeMap<Language, RuntimeSummary> = Language::ALL
             .into_iter()
-            .map(|l| (l, RuntimeSummary { status: "unavailable", ..Default::default() }))
+            .map(|l| {
+                (
+                    l,
+                    RuntimeSummary {
+                        status: "unavailable",
+                        ..Default::default()
+                    },
+                )
+            })
             .collect();
         let mut workers = self.workers.lock().expect("runtimes lock");
         workers.retain(|_, (expires, _)| *expires > now);

@@ -58,9 +58,13 @@ pub async fn load(
 
 /// Puts a session in the cache until it expires.
 pub async fn remember(cache: &Cache, prefix: &str, session: &Session) {
-    let ttl = (session.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let ttl = (session.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default();
     if let Ok(bytes) = codec::encode(session) {
-        cache.set(&cache_key(prefix, session.request_id), bytes, ttl).await;
+        cache
+            .set(&cache_key(prefix, session.request_id), bytes, ttl)
+            .await;
     }
 }
 
@@ -75,7 +79,9 @@ async fn select(db: &PgPool, id: Uuid) -> Result<Option<Session>, ApiError> {
     .bind(id)
     .fetch_optional(db)
     .await?;
-    row.map(Session::try_from).transpose().map_err(ApiError::internal)
+    row.map(Session::try_from)
+        .transpose()
+        .map_err(ApiError::internal)
 }
 
 #[derive(sqlx::FromRow)]

@@ -55,8 +55,9 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("dispatcher running");
         let retention = Duration::from_secs(self.config.session_retention_seconds);
-        let mut tick =
-            tokio::time::interval(Duration::from_secs(self.config.reap_interval_seconds.max(1)));
+        let mut tick = tokio::time::interval(Duration::from_secs(
+            self.config.reap_interval_seconds.max(1),
+        ));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -1,1 +1,19 @@
-//! placeholder
+//! The language worker of lambda-microservice: pulls execute jobs from the
+//! per-language JetStream subjects, runs each script in a warm runtime and
+//! publishes the result to the job's reply subject.
+//!
+//! - [`App`] (`app`): built from a [`Config`], runs until cancelled.
+//! - `consumer`: the pull loop and what becomes of each job message.
+//! - `heartbeat`: announces the worker's runtimes and load.
+//! - [`runtime`]: the pool of warm instances and the Node.js runtime.
+//! - `supervisor`: starting, watching and stopping runtime processes.
+
+mod app;
+mod config;
+mod consumer;
+mod heartbeat;
+pub mod runtime;
+mod supervisor;
+
+pub use app::{App, AppHandle};
+pub use config::Config;

@@ -51,14 +51,19 @@ async fn execute(
         None => "{}".to_owned(),
         Some(raw) if raw.get().starts_with('{') => raw.get().to_owned(),
         Some(_) => {
-            return Err(ApiError::new(ErrorCode::InvalidParams, "params must be a JSON object"))
+            return Err(ApiError::new(
+                ErrorCode::InvalidParams,
+                "params must be a JSON object",
+            ))
         }
     };
     let session = session::load(&state.db, &state.cache, state.subjects.prefix(), id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
     if !session.is_active(Utc::now()) {
-        return Err(ApiError::not_found(format!("session {request_id} has expired")));
+        return Err(ApiError::not_found(format!(
+            "session {request_id} has expired"
+        )));
     }
     if !state.runtimes.available(session.language) {
         return Err(ApiError::unavailable(
@@ -89,9 +94,9 @@ async fn execute(
     if let Some(error) = result.error {
         return Err(error.into());
     }
-    let result_json = result
-        .result_json
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("worker sent neither result nor error")))?;
+    let result_json = result.result_json.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("worker sent neither result nor error"))
+    })?;
     let result_raw = RawValue::from_string(result_json).map_err(ApiError::internal)?;
     let body = serde_json::to_vec(&ExecuteResponse {
         request_id: session.request_id,

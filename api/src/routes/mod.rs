@@ -5,10 +5,10 @@ mod health;
 mod sessions;
 
 use crate::{error::ApiError, AppState};
+use axum::extract::DefaultBodyLimit;
 use axum::{http::StatusCode, response::IntoResponse, Router};
 use schemas::ErrorCode;
 use std::any::Any;
-use axum::extract::DefaultBodyLimit;
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// The whole API.
@@ -18,11 +18,16 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .nest(
             "/api/v1",
-            Router::new().merge(sessions::router()).merge(execute::router()),
+            Router::new()
+                .merge(sessions::router())
+                .merge(execute::router()),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
         })
         // Bodies over the limit are refused by the extractor, as JSON (413).
         .layer(DefaultBodyLimit::max(body_limit))

@@ -161,10 +161,13 @@ fn language_title(headers: &HeaderMap) -> ApiResult<LanguageTitle> {
         .ok_or_else(|| ApiError::invalid_request("the Language-Title header is required"))?
         .to_str()
         .map_err(|_| ApiError::invalid_request("Language-Title must be ASCII"))?;
-    value.trim().parse().map_err(|err: LanguageTitleError| match err {
-        LanguageTitleError::UnknownLanguage(_) => ApiError::not_found(err.to_string()),
-        _ => ApiError::invalid_request(err.to_string()),
-    })
+    value
+        .trim()
+        .parse()
+        .map_err(|err: LanguageTitleError| match err {
+            LanguageTitleError::UnknownLanguage(_) => ApiError::not_found(err.to_string()),
+            _ => ApiError::invalid_request(err.to_string()),
+        })
 }
 
 /// The limits a context asks for, checked against the server's maxima.

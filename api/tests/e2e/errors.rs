@@ -12,23 +12,41 @@ async fn bad_initialize_requests() {
     let init = "/api/v1/initialize";
     let script = json!({"script_content": ADD}).to_string();
 
-    let (s, b) = stack.post_raw(init, &[("Language-Title", "nodejs-calc")], "{\"script_content\":").await;
+    let (s, b) = stack
+        .post_raw(
+            init,
+            &[("Language-Title", "nodejs-calc")],
+            "{\"script_content\":",
+        )
+        .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
-    let (s, b) = stack.post_raw(init, &[("Language-Title", "nodejs-calc")], "[1,2]").await;
+    let (s, b) = stack
+        .post_raw(init, &[("Language-Title", "nodejs-calc")], "[1,2]")
+        .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
-    let (s, b) = stack.post_raw(init, &[("Language-Title", "nodejs-calc")], "\"text\"").await;
+    let (s, b) = stack
+        .post_raw(init, &[("Language-Title", "nodejs-calc")], "\"text\"")
+        .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let (s, b) = stack.post_raw(init, &[], script.clone()).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     for bad in ["nodejs", "nodejs-", "nodejs-has space", "-calc"] {
-        let (s, b) = stack.post_raw(init, &[("Language-Title", bad)], script.clone()).await;
+        let (s, b) = stack
+            .post_raw(init, &[("Language-Title", bad)], script.clone())
+            .await;
         assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     }
-    let (s, b) = stack.post_raw(init, &[("Language-Title", "ruby-calc")], script.clone()).await;
+    let (s, b) = stack
+        .post_raw(init, &[("Language-Title", "ruby-calc")], script.clone())
+        .await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "NOT_FOUND");
-    let (s, b) = stack.initialize("nodejs-calc", ADD, json!("not an object")).await;
+    let (s, b) = stack
+        .initialize("nodejs-calc", ADD, json!("not an object"))
+        .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
-    let (s, b) = stack.initialize("nodejs-calc", ADD, json!({"timeout_ms": -5})).await;
+    let (s, b) = stack
+        .initialize("nodejs-calc", ADD, json!({"timeout_ms": -5}))
+        .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let (s, b) = stack.initialize("nodejs-calc", "   ", json!({})).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
@@ -38,7 +56,9 @@ async fn bad_initialize_requests() {
     assert_error(s, &b, StatusCode::NOT_FOUND, "NOT_FOUND");
 
     // Nothing half-written: none of the refused titles became a function.
-    let (s, b) = stack.post_raw(init, &[("Language-Title", "nodejs-calc")], "{}").await;
+    let (s, b) = stack
+        .post_raw(init, &[("Language-Title", "nodejs-calc")], "{}")
+        .await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "NOT_FOUND");
 
     // Still serving.
@@ -60,10 +80,20 @@ async fn oversized_scripts_and_bodies_are_413() {
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     let huge = format!("{{\"script_content\":\"{}\"}}", "y".repeat(5 * 1024 * 1024));
     let (s, b) = stack
-        .post_raw("/api/v1/initialize", &[("Language-Title", "nodejs-huge")], huge)
+        .post_raw(
+            "/api/v1/initialize",
+            &[("Language-Title", "nodejs-huge")],
+            huge,
+        )
         .await;
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
-    let (s, b) = stack.post_raw("/api/v1/initialize", &[("Language-Title", "nodejs-big")], "{}").await;
+    let (s, b) = stack
+        .post_raw(
+            "/api/v1/initialize",
+            &[("Language-Title", "nodejs-big")],
+            "{}",
+        )
+        .await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "NOT_FOUND");
     stack.stop().await;
 }
@@ -99,7 +129,10 @@ async fn bad_execute_requests() {
     let (s, b) = stack.execute(&id, json!({"a": 2, "b": 2})).await;
     assert_eq!((s, &b["result"]), (StatusCode::OK, &json!(4)), "{b}");
     let (_, session) = stack.get(&format!("/api/v1/sessions/{id}")).await;
-    assert_eq!(session["execution_count"], 1, "refused requests are not executions");
+    assert_eq!(
+        session["execution_count"], 1,
+        "refused requests are not executions"
+    );
     stack.stop().await;
 }
 
@@ -107,14 +140,25 @@ async fn bad_execute_requests() {
 async fn a_throwing_script_is_a_runtime_error_with_its_stack() {
     let stack = Stack::start().await;
     let id = stack
-        .session("nodejs-thrower", "const x = 1;\nthrow new Error('boom ' + event.params.n);")
+        .session(
+            "nodejs-thrower",
+            "const x = 1;\nthrow new Error('boom ' + event.params.n);",
+        )
         .await;
     let (s, b) = stack.execute(&id, json!({"n": 7})).await;
     assert_error(s, &b, StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR");
-    assert!(b["error"]["message"].as_str().unwrap().contains("boom 7"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("boom 7"),
+        "{b}"
+    );
     let details = &b["error"]["details"];
     assert_eq!(details["line"], 2, "{b}");
-    assert!(details["stack"].as_str().is_some_and(|s| s.contains("boom 7")), "{b}");
+    assert!(
+        details["stack"]
+            .as_str()
+            .is_some_and(|s| s.contains("boom 7")),
+        "{b}"
+    );
 
     let ok = stack.session("nodejs-fine", ADD).await;
     let (s, b) = stack.execute(&ok, json!({"a": 1, "b": 1})).await;
@@ -150,12 +194,19 @@ async fn an_endless_loop_times_out_and_the_pool_serves_the_next_job() {
 async fn a_language_without_a_worker_is_503_with_retry_after() {
     let stack = Stack::start().await;
     let (s, init) = stack
-        .initialize("python-words", "result = len(params['text'].split())", json!({}))
+        .initialize(
+            "python-words",
+            "result = len(params['text'].split())",
+            json!({}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{init}");
     let response = stack
         .http
-        .post(stack.url(&format!("/api/v1/execute/{}", init["request_id"].as_str().unwrap())))
+        .post(stack.url(&format!(
+            "/api/v1/execute/{}",
+            init["request_id"].as_str().unwrap()
+        )))
         .body(r#"{"params":{"text":"a b"}}"#)
         .send()
         .await
@@ -184,7 +235,10 @@ async fn an_expired_session_is_404_and_reads_as_expired() {
             assert_error(s, &b, StatusCode::NOT_FOUND, "NOT_FOUND");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "session never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (s, session) = stack.get(&format!("/api/v1/sessions/{id}")).await;

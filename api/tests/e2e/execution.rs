@@ -21,7 +21,10 @@ async fn quick_start_answers_8_and_15_and_counts_executions() {
     assert_eq!(body["request_id"], id);
     assert_eq!(body["language_title"], "nodejs-calculator");
     assert_eq!(body["cached"], false);
-    assert!(body["execution_time"].as_f64().is_some_and(|t| t >= 0.0), "{body}");
+    assert!(
+        body["execution_time"].as_f64().is_some_and(|t| t >= 0.0),
+        "{body}"
+    );
 
     let (_, body) = stack.execute(id, json!({"a": 10, "b": 5})).await;
     assert_eq!(body["result"], 15);
@@ -40,7 +43,9 @@ async fn quick_start_answers_8_and_15_and_counts_executions() {
 #[tokio::test]
 async fn ten_executions_on_one_session() {
     let stack = Stack::start().await;
-    let id = stack.session("nodejs-square", "return event.params.n * event.params.n;").await;
+    let id = stack
+        .session("nodejs-square", "return event.params.n * event.params.n;")
+        .await;
     for n in 0..10 {
         let (status, body) = stack.execute(&id, json!({"n": n})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -58,7 +63,11 @@ async fn five_sessions_in_parallel_keep_their_own_scripts_and_context() {
     for k in 0..5 {
         let script = format!("return event.params.x * {k} + event.context.offset;");
         let (status, init) = stack
-            .initialize(&format!("nodejs-mul{k}"), &script, json!({"offset": 100 * k}))
+            .initialize(
+                &format!("nodejs-mul{k}"),
+                &script,
+                json!({"offset": 100 * k}),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{init}");
         ids.push(init["request_id"].as_str().unwrap().to_owned());
@@ -99,7 +108,9 @@ async fn module_and_handler_forms_and_async_scripts() {
         ("nodejs-void", "const x = 1;", json!({}), json!(null)),
     ];
     for (title, script, params, expected) in cases {
-        let (status, init) = stack.initialize(title, script, json!({"env": "test"})).await;
+        let (status, init) = stack
+            .initialize(title, script, json!({"env": "test"}))
+            .await;
         assert_eq!(status, StatusCode::OK, "{init}");
         let id = init["request_id"].as_str().unwrap();
         let (status, body) = stack.execute(id, params).await;
@@ -112,7 +123,9 @@ async fn module_and_handler_forms_and_async_scripts() {
 #[tokio::test]
 async fn a_registered_function_needs_no_script_on_later_initialize() {
     let stack = Stack::start().await;
-    stack.session("nodejs-reuse", "return 'v1:' + event.params.s;").await;
+    stack
+        .session("nodejs-reuse", "return 'v1:' + event.params.s;")
+        .await;
     let (status, init) = stack
         .post_raw(
             "/api/v1/initialize",
@@ -121,7 +134,9 @@ async fn a_registered_function_needs_no_script_on_later_initialize() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{init}");
-    let (_, body) = stack.execute(init["request_id"].as_str().unwrap(), json!({"s": "a"})).await;
+    let (_, body) = stack
+        .execute(init["request_id"].as_str().unwrap(), json!({"s": "a"}))
+        .await;
     assert_eq!(body["result"], "v1:a");
     stack.stop().await;
 }

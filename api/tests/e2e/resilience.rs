@@ -32,7 +32,9 @@ async fn a_runtime_killed_mid_job_fails_that_job_and_the_pool_recovers() {
     let pids = stack.node_pids();
     assert_eq!(pids.len(), 2);
     for pid in &pids {
-        let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
         assert!(killed.unwrap().success());
     }
     let response = tokio::time::timeout(Duration::from_secs(10), in_flight)
@@ -47,7 +49,10 @@ async fn a_runtime_killed_mid_job_fails_that_job_and_the_pool_recovers() {
     assert_eq!((s, &b["result"]), (StatusCode::OK, &json!(8)), "{b}");
     let fresh = stack.node_pids();
     assert_eq!(fresh.len(), 2);
-    assert!(fresh.iter().all(|p| !pids.contains(p)), "killed children were replaced");
+    assert!(
+        fresh.iter().all(|p| !pids.contains(p)),
+        "killed children were replaced"
+    );
     stack.stop().await;
 }
 
@@ -59,19 +64,36 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        let url = format!("redis://127.0.0.1:{port}");
+        let redis = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, url };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        drop(redis);
         panic!("private redis did not start");
     }
 }
@@ -98,7 +120,9 @@ async fn execution_goes_on_when_redis_stops() {
     redis.child.kill().unwrap();
     redis.child.wait().unwrap();
     let health = stack
-        .wait_for("redis to be reported down", |h| h["components"]["redis"] == "unavailable")
+        .wait_for("redis to be reported down", |h| {
+            h["components"]["redis"] == "unavailable"
+        })
         .await;
     assert_eq!(health["status"], "degraded");
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 /// Where tests create and drop their databases.
 pub fn admin_url() -> String {
     std::env::var("TEST_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn nats_url() -> String {
@@ -84,13 +84,17 @@ impl Stack {
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move { app.run(token).await.expect("api runs") }));
+        tasks.push(tokio::spawn(async move {
+            app.run(token).await.expect("api runs")
+        }));
 
         let mut dconfig = dispatcher::Config::from_defaults();
         dconfig.database_url = database_url;
         dconfig.nats_url = nats_url();
         dconfig.nats_prefix = prefix.clone();
-        let dispatcher = dispatcher::App::build(dconfig).await.expect("dispatcher starts");
+        let dispatcher = dispatcher::App::build(dconfig)
+            .await
+            .expect("dispatcher starts");
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             dispatcher.run(token).await.expect("dispatcher runs")
@@ -137,7 +141,10 @@ impl Stack {
             if check(&health) {
                 return health;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {health}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {health}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -166,11 +173,19 @@ impl Stack {
     }
 
     /// `initialize` with a Language-Title, a script and a context.
-    pub async fn initialize(&self, title: &str, script: &str, context: Value) -> (StatusCode, Value) {
+    pub async fn initialize(
+        &self,
+        title: &str,
+        script: &str,
+        context: Value,
+    ) -> (StatusCode, Value) {
         let body = json!({"context": context, "script_content": script});
         self.post_raw(
             "/api/v1/initialize",
-            &[("Language-Title", title), ("Content-Type", "application/json")],
+            &[
+                ("Language-Title", title),
+                ("Content-Type", "application/json"),
+            ],
             body.to_string(),
         )
         .await
@@ -194,7 +209,10 @@ impl Stack {
 
     /// Live Node.js child processes of the worker.
     pub fn node_pids(&self) -> Vec<u32> {
-        self.worker.as_ref().expect("worker").runtime_pids(Language::Nodejs)
+        self.worker
+            .as_ref()
+            .expect("worker")
+            .runtime_pids(Language::Nodejs)
     }
 
     /// Stops every process of the stack and removes its database and stream.
@@ -204,13 +222,18 @@ impl Stack {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
         let admin = sqlx::PgPool::connect(&admin_url()).await.expect("admin db");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name))
-            .execute(&admin)
-            .await
-            .expect("drop test database");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.db_name
+        ))
+        .execute(&admin)
+        .await
+        .expect("drop test database");
         let client = async_nats::connect(nats_url()).await.expect("nats");
         let js = async_nats::jetstream::new(client);
-        let _ = js.delete_stream(Subjects::new(&self.prefix).jobs_stream()).await;
+        let _ = js
+            .delete_stream(Subjects::new(&self.prefix).jobs_stream())
+            .await;
     }
 }
 
@@ -232,7 +255,12 @@ async fn read(response: reqwest::Response) -> (StatusCode, Value) {
 pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 /// The seed's quick-start script.

@@ -1,0 +1,188 @@
+//! The worker process: builds the runtime pools and the NATS consumers from
+//! a [`Config`], then runs until told to stop.
+
+use crate::{
+    consumer::{self, JobRunner},
+    heartbeat,
+    runtime::{
+        node::{NodeLauncher, NodeOptions},
+        Launcher, Pool,
+    },
+    Config,
+};
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::consumer::PullConsumer;
+use schemas::{Language, RuntimeStatus, Subjects};
+use std::{sync::Arc, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+/// How long each runtime may take to exit by itself at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// A worker, connected and with its runtimes warm.
+pub struct App {
+    client: async_nats::Client,
+    subjects: Subjects,
+    consumers: Vec<(PullConsumer, JobRunner)>,
+    heartbeat_interval: Duration,
+    handle: AppHandle,
+}
+
+/// A cheap, cloneable view of a running [`App`], usable while it runs.
+#[derive(Clone)]
+pub struct AppHandle {
+    worker_id: Arc<str>,
+    pools: Arc<[Pool]>,
+}
+
+impl App {
+    /// Starts the runtime pools (every process is up when this returns),
+    /// connects to NATS and creates the job consumers.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.heartbeat_ms == 0 {
+            bail!("WORKER_HEARTBEAT_MS must be positive");
+        }
+        let mut languages = config.languages.clone();
+        languages.sort_unstable();
+        languages.dedup();
+        if languages.is_empty() {
+            bail!("WORKER_LANGUAGES is empty");
+        }
+        let launchers = languages
+            .iter()
+            .map(|&language| launcher(language, &config))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut pools = Vec::new();
+        for (launcher, size) in launchers {
+            pools.push(Pool::start(launcher, size).await?);
+        }
+
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("workers {}", config.worker_id))
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let subjects = Subjects::new(config.nats_prefix.clone());
+        let worker_id: Arc<str> = config.worker_id.into();
+        let mut consumers = Vec::new();
+        for pool in &pools {
+            let consumer =
+                schemas::jetstream::ensure_worker_consumer(&js, &subjects, pool.language()).await?;
+            let runner = JobRunner {
+                pool: pool.clone(),
+                client: client.clone(),
+                worker_id: Arc::clone(&worker_id),
+                default_timeout: Duration::from_secs(config.runtime_timeout_seconds),
+            };
+            consumers.push((consumer, runner));
+        }
+        tracing::info!(%worker_id, ?languages, "worker ready");
+        Ok(Self {
+            client,
+            subjects,
+            consumers,
+            heartbeat_interval: Duration::from_millis(config.heartbeat_ms),
+            handle: AppHandle {
+                worker_id,
+                pools: pools.into(),
+            },
+        })
+    }
+
+    pub fn worker_id(&self) -> &str {
+        self.handle.worker_id()
+    }
+
+    /// A handle that stays usable while [`App::run`] runs.
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
+    }
+
+    /// Runs jobs and heartbeats until `shutdown` is cancelled; then stops
+    /// pulling, lets running jobs finish (for up to 10 s), says goodbye with a
+    /// last heartbeat and stops the runtimes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let subject = self.subjects.heartbeat();
+        let stop_heartbeats = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat::run(
+            self.client.clone(),
+            subject.clone(),
+            self.handle.clone(),
+            self.heartbeat_interval,
+            stop_heartbeats.clone(),
+        ));
+        let consumers = self
+            .consumers
+            .into_iter()
+            .map(|(consumer, runner)| consumer::run(consumer, runner, shutdown.clone()));
+        futures::future::join_all(consumers).await;
+
+        stop_heartbeats.cancel();
+        if let Err(e) = heartbeats.await {
+            tracing::error!(error = %e, "heartbeat task failed");
+        }
+        heartbeat::publish(
+            &self.client,
+            &subject,
+            &self.handle,
+            self.heartbeat_interval,
+            true,
+        )
+        .await;
+        futures::future::join_all(self.handle.pools.iter().map(|p| p.shutdown(STOP_GRACE))).await;
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing NATS at shutdown");
+        }
+        tracing::info!("worker stopped");
+    }
+}
+
+impl AppHandle {
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Process ids of the live runtime processes of `language`.
+    pub fn runtime_pids(&self, language: Language) -> Vec<u32> {
+        self.pool(language).map(Pool::pids).unwrap_or_default()
+    }
+
+    /// Capacity and load of every pool, as announced in heartbeats.
+    pub fn runtime_status(&self) -> Vec<RuntimeStatus> {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.pools
+            .iter()
+            .map(|pool| RuntimeStatus {
+                language: pool.language(),
+                capacity: count(pool.capacity()),
+                busy: count(pool.busy()),
+            })
+            .collect()
+    }
+
+    fn pool(&self, language: Language) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.language() == language)
+    }
+}
+
+/// What starts the runtimes of `language`, and how many to keep.
+fn launcher(language: Language, config: &Config) -> anyhow::Result<(Box<dyn Launcher>, usize)> {
+    match language {
+        Language::Nodejs => {
+            if config.nodejs_pool_size == 0 {
+                bail!("WORKER_NODEJS_POOL_SIZE must be at least 1");
+            }
+            let launcher = NodeLauncher::new(&NodeOptions {
+                node_bin: config.node_bin.clone(),
+                memory_mb: config.nodejs_memory_mb,
+                max_output_bytes: config.max_output_bytes,
+            })
+            .with_context(|| format!("WORKER_NODE_BIN={}", config.node_bin))?;
+            Ok((Box::new(launcher), config.nodejs_pool_size))
+        }
+        Language::Python | Language::Rust | Language::Wasm => bail!(
+            "this worker cannot run {language} yet (it runs: nodejs); remove it from WORKER_LANGUAGES"
+        ),
+    }
+}

@@ -1,0 +1,98 @@
+//! The worker's configuration: command-line flags, each also read from the
+//! environment variable named beside it.
+
+use clap::Parser;
+use schemas::{Language, Subjects};
+
+/// Settings of one worker process.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "workers", version, about)]
+pub struct Config {
+    /// NATS server to pull jobs from.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Prefix of every subject and stream name.
+    #[arg(long, env = "NATS_PREFIX", default_value = Subjects::DEFAULT_PREFIX)]
+    pub nats_prefix: String,
+
+    /// Languages to serve, comma separated.
+    #[arg(
+        long,
+        env = "WORKER_LANGUAGES",
+        value_delimiter = ',',
+        default_value = "nodejs"
+    )]
+    pub languages: Vec<Language>,
+
+    /// Warm Node.js processes to keep.
+    #[arg(long, env = "WORKER_NODEJS_POOL_SIZE", default_value_t = 2)]
+    pub nodejs_pool_size: usize,
+
+    /// The `node` executable, a name on PATH or a path.
+    #[arg(long, env = "WORKER_NODE_BIN", default_value = "node")]
+    pub node_bin: String,
+
+    /// V8 heap limit of each Node.js process, in MiB.
+    #[arg(long, env = "WORKER_NODEJS_MEMORY_MB", default_value_t = 128)]
+    pub nodejs_memory_mb: u32,
+
+    /// Bound on a script's result, and on the logs captured from it, in bytes.
+    #[arg(long, env = "WORKER_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: usize,
+
+    /// Timeout of a job that does not set one, in seconds.
+    #[arg(long, env = "RUNTIME_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub runtime_timeout_seconds: u64,
+
+    /// How this worker names itself in heartbeats and results.
+    #[arg(long, env = "WORKER_ID", default_value_t = default_worker_id())]
+    pub worker_id: String,
+
+    /// Interval between heartbeats, in milliseconds.
+    #[arg(long, env = "WORKER_HEARTBEAT_MS", default_value_t = 2000)]
+    pub heartbeat_ms: u64,
+}
+
+impl Config {
+    /// The defaults, overridden by the environment: a starting point for tests.
+    pub fn from_env() -> Self {
+        Self::parse_from(["workers"])
+    }
+}
+
+/// `<hostname>-<pid>`, or a random id when the host name is unknown.
+fn default_worker_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .map_or_else(
+            || uuid::Uuid::new_v4().simple().to_string(),
+            |host| format!("{host}-{}", std::process::id()),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_flags_and_defaults() {
+        let config = Config::parse_from([
+            "workers",
+            "--languages",
+            "nodejs,python",
+            "--nodejs-pool-size",
+            "4",
+        ]);
+        assert_eq!(config.languages, [Language::Nodejs, Language::Python]);
+        assert_eq!(config.nodejs_pool_size, 4);
+        assert_eq!(config.max_output_bytes, 1024 * 1024);
+        assert!(config
+            .worker_id
+            .ends_with(&format!("-{}", std::process::id())));
+        assert!(Config::try_parse_from(["workers", "--languages", "ruby"]).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! The Node.js runtime: warm `node` processes running the embedded
+//! `runner.js`, which implements the nodejs script contract (SPEC §4): a
+//! function body run as `async (event, context) => { … }`, or a module
+//! exporting a handler.
+
+mod process;
+mod protocol;
+
+use super::{Instance, LaunchError, Launcher};
+use crate::supervisor::{resolve_program, ProcessSpec};
+use futures::future::BoxFuture;
+use process::NodeProcess;
+use schemas::Language;
+
+const RUNNER_JS: &str = include_str!("runner.js");
+/// Room for the logs, the error stack and the framing of a response.
+const RESPONSE_HEADROOM: usize = 64 * 1024;
+
+/// How to start Node.js processes.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// `node`, looked up on `PATH`, or a path.
+    pub node_bin: String,
+    /// V8 old-space limit of each process (`--max-old-space-size`).
+    pub memory_mb: u32,
+    /// Bound on a result, and separately on the logs of one job.
+    pub max_output_bytes: usize,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            node_bin: "node".to_owned(),
+            memory_mb: 128,
+            max_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Starts [`NodeProcess`]es.
+pub struct NodeLauncher {
+    spec: ProcessSpec,
+    max_line_bytes: usize,
+}
+
+impl NodeLauncher {
+    /// Resolves `node_bin` to an absolute path once, here.
+    pub fn new(options: &NodeOptions) -> std::io::Result<Self> {
+        let program = resolve_program(&options.node_bin)?;
+        let args = vec![
+            format!("--max-old-space-size={}", options.memory_mb).into(),
+            "-e".into(),
+            RUNNER_JS.into(),
+            options.max_output_bytes.to_string().into(),
+        ];
+        Ok(Self {
+            spec: ProcessSpec {
+                program,
+                args,
+                label: Language::Nodejs.as_str(),
+            },
+            // A response carries the result and the logs, each within the limit.
+            max_line_bytes: 2 * options.max_output_bytes + RESPONSE_HEADROOM,
+        })
+    }
+}
+
+impl Launcher for NodeLauncher {
+    fn language(&self) -> Language {
+        Language::Nodejs
+    }
+
+    fn launch(&self) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
+        Box::pin(async {
+            match NodeProcess::start(&self.spec, self.max_line_bytes).await {
+                Ok(process) => Ok(Box::new(process) as Box<dyn Instance>),
+                Err(message) => Err(LaunchError {
+                    language: Language::Nodejs,
+                    message,
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! One warm `node` process running `runner.js`, driven one job at a time.
+
+use super::protocol::{self, Hello, Response};
+use crate::{
+    runtime::{Instance, Invocation, Report, RuntimeError},
+    supervisor::{describe_exit, ProcessSpec, Supervised},
+};
+use futures::{future::BoxFuture, StreamExt};
+use schemas::{ErrorCode, JobError};
+use std::time::Duration;
+use tokio::{
+    io::AsyncWriteExt,
+    process::{ChildStdin, ChildStdout},
+    time::{timeout, timeout_at, Instant},
+};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+/// How long a fresh process may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a process whose stdout closed may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+pub(super) struct NodeProcess {
+    process: Supervised,
+    stdin: ChildStdin,
+    stdout: FramedRead<ChildStdout, LinesCodec>,
+    last_id: u64,
+}
+
+/// Why a job ended without a response, which makes the process unusable.
+enum Failure {
+    Timeout(Duration),
+    Exited,
+    TooLarge,
+    Protocol(String),
+}
+
+impl NodeProcess {
+    /// Starts a process and waits for its `{"ready":true}`.
+    pub(super) async fn start(spec: &ProcessSpec, max_line_bytes: usize) -> Result<Self, String> {
+        let (process, pipes) =
+            Supervised::spawn(spec).map_err(|e| format!("{}: {e}", spec.program.display()))?;
+        let mut node = Self {
+            process,
+            stdin: pipes.stdin,
+            stdout: FramedRead::new(
+                pipes.stdout,
+                LinesCodec::new_with_max_length(max_line_bytes),
+            ),
+            last_id: 0,
+        };
+        match timeout(READY_TIMEOUT, node.stdout.next()).await {
+            Ok(Some(Ok(line))) if serde_json::from_str::<Hello>(&line).is_ok_and(|h| h.ready) => {
+                Ok(node)
+            }
+            Ok(Some(Ok(_) | Err(_))) => Err("runner sent no ready line".to_owned()),
+            Ok(None) => {
+                let status = node.process.wait_or_kill(EXIT_GRACE).await;
+                Err(format!(
+                    "runner exited at start ({})",
+                    describe_exit(status)
+                ))
+            }
+            Err(_) => Err(format!("runner not ready within {READY_TIMEOUT:?}")),
+        }
+    }
+
+    async fn run_job(&mut self, invocation: &Invocation) -> Result<Report, RuntimeError> {
+        self.last_id += 1;
+        let id = self.last_id;
+        let mut request = protocol::request_line(id, invocation);
+        request.push('\n');
+        let deadline = Instant::now() + invocation.timeout;
+
+        let failure = match timeout_at(deadline, self.stdin.write_all(request.as_bytes())).await {
+            Ok(Err(e)) => return Err(RuntimeError::NotStarted(e)),
+            Err(_) => Failure::Timeout(invocation.timeout),
+            Ok(Ok(())) => match timeout_at(deadline, self.stdout.next()).await {
+                Err(_) => Failure::Timeout(invocation.timeout),
+                Ok(None) => Failure::Exited,
+                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => Failure::TooLarge,
+                Ok(Some(Err(LinesCodecError::Io(e)))) => Failure::Protocol(e.to_string()),
+                Ok(Some(Ok(line))) => match serde_json::from_str::<Response>(&line) {
+                    Ok(response) if response.id == id => {
+                        return Ok(Report {
+                            outcome: response.outcome(),
+                            logs: response.logs,
+                            reusable: !response.recycle,
+                        })
+                    }
+                    Ok(response) => {
+                        Failure::Protocol(format!("answer to {} instead of {id}", response.id))
+                    }
+                    Err(e) => Failure::Protocol(e.to_string()),
+                },
+            },
+        };
+        Ok(Report {
+            outcome: Err(self.end(failure).await),
+            logs: Vec::new(),
+            reusable: false,
+        })
+    }
+
+    /// Kills the process after a failed job and says what went wrong.
+    async fn end(&mut self, failure: Failure) -> JobError {
+        let pid = self.process.pid();
+        let grace = match failure {
+            Failure::Exited => EXIT_GRACE,
+            _ => Duration::ZERO,
+        };
+        let status = self.process.wait_or_kill(grace).await;
+        match failure {
+            Failure::Timeout(limit) => JobError::new(
+                ErrorCode::Timeout,
+                format!("script exceeded its timeout of {} ms", limit.as_millis()),
+            ),
+            Failure::Exited => {
+                let how = describe_exit(status);
+                tracing::warn!(pid, %how, "node runtime exited during a job");
+                JobError::new(
+                    ErrorCode::RuntimeError,
+                    format!("runtime process exited unexpectedly ({how})"),
+                )
+            }
+            Failure::TooLarge => JobError::new(
+                ErrorCode::RuntimeError,
+                "result too large: the runtime's answer exceeded the output limit",
+            ),
+            Failure::Protocol(detail) => {
+                tracing::warn!(pid, %detail, "node runtime broke the protocol (wrote to fd 1?)");
+                JobError::new(ErrorCode::RuntimeError, "runtime protocol error")
+            }
+        }
+    }
+}
+
+impl Instance for NodeProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(self.process.pid())
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Report, RuntimeError>> {
+        Box::pin(self.run_job(invocation))
+    }
+
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        let Self {
+            mut process, stdin, ..
+        } = *self;
+        // End of input is the runner's signal to exit.
+        drop(stdin);
+        Box::pin(async move {
+            process.wait_or_kill(grace).await;
+        })
+    }
+}
