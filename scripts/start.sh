@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Starts the whole system: PostgreSQL, Redis and NATS (installed and started
+# when missing), then the API, the dispatcher and a worker, built in release
+# mode. Serves http://localhost:8080 until Ctrl-C.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/lambda}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+export BIND_ADDR="${BIND_ADDR:-127.0.0.1:8080}"
+export RUST_LOG="${RUST_LOG:-info}"
+
+ensure_services
+ensure_database "$DATABASE_URL"
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release --locked -p api -p dispatcher -p workers)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  log "stopping"
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+for service in dispatcher workers api; do
+  "$BIN/$service" >>"$RUN_DIR/logs/$service.log" 2>&1 &
+  pids+=("$!")
+done
+
+url="http://${BIND_ADDR/0.0.0.0/localhost}"
+for _ in $(seq 1 300); do
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || die "a service exited; see $RUN_DIR/logs/"
+  done
+  if curl -fsS "$url/health" 2>/dev/null | grep -q '"nodejs":{[^}]*"status":"ok"'; then
+    log "ready at $url (logs in $RUN_DIR/logs/; Ctrl-C stops)"
+    wait -n "${pids[@]}" || true
+    die "a service exited; see $RUN_DIR/logs/"
+  fi
+  sleep 0.2
+done
+die "the system did not become healthy in 60 s; see $RUN_DIR/logs/"
