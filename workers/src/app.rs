@@ -6,7 +6,7 @@ use crate::{
     heartbeat,
     runtime::{
         node::{NodeLauncher, NodeOptions},
-        Launcher, Pool,
+        Launcher, Pool, PoolPolicy,
     },
     Config,
 };
@@ -54,7 +54,13 @@ impl App {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pools = Vec::new();
         for (launcher, size) in launchers {
-            pools.push(Pool::start(launcher, size).await?);
+            let policy = PoolPolicy {
+                capacity: size,
+                prewarm: if config.prewarm { size } else { 0 },
+                max_uses: config.max_uses.max(1),
+                idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
+            };
+            pools.push(Pool::start_with(launcher, policy).await?);
         }
 
         let client = async_nats::ConnectOptions::new()

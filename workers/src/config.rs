@@ -29,6 +29,19 @@ pub struct Config {
     #[arg(long, env = "WORKER_NODEJS_POOL_SIZE", default_value_t = 2)]
     pub nodejs_pool_size: usize,
 
+    /// Jobs a runtime process runs before it is replaced by a fresh one.
+    #[arg(long, env = "WORKER_MAX_USES", default_value_t = 10_000)]
+    pub max_uses: u64,
+
+    /// Seconds a warm runtime may sit idle before it is stopped; it is
+    /// started again when a job needs it.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout_seconds: u64,
+
+    /// Start every runtime process at start-up (else on the first job).
+    #[arg(long, env = "WORKER_PREWARM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prewarm: bool,
+
     /// The `node` executable, a name on PATH or a path.
     #[arg(long, env = "WORKER_NODE_BIN", default_value = "node")]
     pub node_bin: String,

@@ -8,7 +8,7 @@
 pub mod node;
 mod pool;
 
-pub use pool::{Pool, Reservation};
+pub use pool::{Pool, PoolPolicy, Reservation};
 
 use futures::future::BoxFuture;
 use schemas::{ErrorCode, JobError, Language};
@@ -27,6 +27,11 @@ pub struct Invocation {
     /// The `context` JSON text, checked to be valid JSON.
     pub context: Box<RawValue>,
     pub timeout: Duration,
+    /// Whose code this is: an instance never runs two owners' code.
+    pub owner: String,
+    /// What the script's globals are kept for: runs with the same scope
+    /// (a session) share them, other scopes never see them.
+    pub scope: String,
 }
 
 impl Invocation {
@@ -50,7 +55,16 @@ impl Invocation {
             context: json(context_json, "context")?,
             script,
             timeout,
+            owner: String::new(),
+            scope: String::new(),
         })
+    }
+
+    /// Sets the owner and the scope of the script's globals.
+    pub fn for_owner(mut self, owner: impl Into<String>, scope: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self.scope = scope.into();
+        self
     }
 }
 
@@ -83,6 +97,8 @@ pub enum RuntimeError {
     ShuttingDown(Language),
     #[error("could not hand the job to the runtime: {0}")]
     NotStarted(#[source] std::io::Error),
+    #[error(transparent)]
+    NotLaunched(#[from] LaunchError),
 }
 
 /// Why a runtime instance could not be started.

@@ -18,10 +18,13 @@ pub(super) fn request_line(id: u64, invocation: &Invocation) -> String {
     let quoted = |text: &str| serde_json::to_string(text).expect("a string serialises");
     let script = quoted(&invocation.script);
     let hash = quoted(&invocation.script_hash);
+    let scope = quoted(&invocation.scope);
     let params = single_line(invocation.params.get());
     let context = single_line(invocation.context.get());
     let mut line = String::with_capacity(script.len() + params.len() + context.len() + 160);
-    line.push_str(&format!("{{\"id\":{id},\"hash\":{hash},\"script\":"));
+    line.push_str(&format!(
+        "{{\"id\":{id},\"scope\":{scope},\"hash\":{hash},\"script\":"
+    ));
     line.push_str(&script);
     line.push_str(",\"params\":");
     line.push_str(&params);
