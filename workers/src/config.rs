@@ -21,7 +21,7 @@ pub struct Config {
         long,
         env = "WORKER_LANGUAGES",
         value_delimiter = ',',
-        default_value = "nodejs"
+        default_value = "nodejs,python"
     )]
     pub languages: Vec<Language>,
 
@@ -102,6 +102,8 @@ mod tests {
         ]);
         assert_eq!(config.languages, [Language::Nodejs, Language::Python]);
         assert_eq!(config.nodejs_pool_size, 4);
+        assert_eq!(config.python_pool_size, 2);
+        assert_eq!(config.python_bin, "python3");
         assert_eq!(config.max_output_bytes, 1024 * 1024);
         assert!(config
             .worker_id
