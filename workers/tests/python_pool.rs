@@ -186,6 +186,30 @@ async fn exceptions_report_the_script_line_and_stack() {
 }
 
 #[tokio::test]
+async fn huge_errors_are_clipped_and_recursion_is_summarised() {
+    let pool = pool(1).await;
+    let before = pool.pids();
+    let execution = run(&pool, "raise ValueError('x' * 5_000_000)", json!({})).await;
+    let error = execution.outcome.as_ref().unwrap_err();
+    assert_eq!(error.code, ErrorCode::RuntimeError);
+    assert!(error.message.starts_with("ValueError: xxx"));
+    assert!(
+        error.message.len() < 20_000,
+        "{} bytes",
+        error.message.len()
+    );
+
+    let script = "def down(n):\n    return down(n + 1)\n\nresult = down(0)";
+    let details = error_details(&run(&pool, script, json!({})).await);
+    assert_eq!(details["name"], "RecursionError");
+    assert_eq!(details["line"], 2);
+    let stack = details["stack"].as_str().unwrap();
+    assert!(stack.contains("more times]"), "{stack}");
+    assert!(stack.len() < 2_000, "{stack}");
+    assert_eq!(pool.pids(), before, "the process was kept");
+}
+
+#[tokio::test]
 async fn syntax_errors_report_their_line() {
     let pool = pool(1).await;
     let execution = run(&pool, "x = 1\ny = (\n", json!({})).await;

@@ -27,6 +27,7 @@ import traceback
 OUTPUT_LIMIT = int(sys.argv[1]) if len(sys.argv) > 1 else 1024 * 1024
 MEMORY_MB = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 CACHE_LIMIT = 256
+MESSAGE_LIMIT = 16 * 1024  # Characters of an error's message, and of its stack.
 FILENAME = "<script>"
 TRUNCATED = b'"[logs truncated]"'
 # ast.PyCF_ALLOW_TOP_LEVEL_AWAIT and inspect.CO_COROUTINE, without importing
@@ -210,7 +211,7 @@ def describe(error, script):
         if isinstance(error, SyntaxError) and error.filename == FILENAME:
             line = error.lineno
         stack = ["Traceback (most recent call last):\n"] if frames else []
-        stack += traceback.format_list(frames)
+        stack += traceback.StackSummary.from_list(frames).format()
         stack += traceback.format_exception_only(type(error), error)
         message = str(error)
     except Exception as e:  # A script's exception whose __str__ itself fails.
@@ -219,10 +220,16 @@ def describe(error, script):
         del linecache.cache[FILENAME]
     return {
         "name": clean(type(error).__name__),
-        "message": clean(message),
+        "message": clip(message),
         "line": line,
-        "stack": clean("".join(stack).rstrip("\n")),
+        "stack": clip("".join(stack).rstrip("\n")),
     }
+
+
+def clip(text):
+    if len(text) > MESSAGE_LIMIT:
+        text = text[:MESSAGE_LIMIT] + "… [truncated]"
+    return clean(text)
 
 
 def failure(error, script, code=None, message=None):
