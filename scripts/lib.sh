@@ -1,6 +1,6 @@
 # Shared by scripts/start.sh and scripts/test.sh: finds or installs and starts
 # what lambda-microservice needs (PostgreSQL, Redis, NATS with JetStream,
-# Node.js), reusing whatever already runs on the default ports.
+# Node.js, Python 3), reusing whatever already runs on the default ports.
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +38,11 @@ wait_port() {
 
 ensure_node() {
   command -v node >/dev/null || apt_install nodejs
+}
+
+# The system's Python 3, which the worker prefers over shims on PATH.
+ensure_python() {
+  [ -x /usr/bin/python3 ] || apt_install python3
 }
 
 ensure_psql() {
@@ -103,6 +108,7 @@ ensure_rust() {
 ensure_services() {
   ensure_rust
   ensure_node
+  ensure_python
   ensure_postgres
   ensure_redis
   ensure_nats

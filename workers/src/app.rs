@@ -6,6 +6,7 @@ use crate::{
     heartbeat,
     runtime::{
         node::{NodeLauncher, NodeOptions},
+        python::{PythonLauncher, PythonOptions},
         Launcher, Pool, PoolPolicy,
     },
     Config,
@@ -187,8 +188,20 @@ fn launcher(language: Language, config: &Config) -> anyhow::Result<(Box<dyn Laun
             .with_context(|| format!("WORKER_NODE_BIN={}", config.node_bin))?;
             Ok((Box::new(launcher), config.nodejs_pool_size))
         }
-        Language::Python | Language::Rust | Language::Wasm => bail!(
-            "this worker cannot run {language} yet (it runs: nodejs); remove it from WORKER_LANGUAGES"
+        Language::Python => {
+            if config.python_pool_size == 0 {
+                bail!("WORKER_PYTHON_POOL_SIZE must be at least 1");
+            }
+            let launcher = PythonLauncher::new(&PythonOptions {
+                python_bin: config.python_bin.clone(),
+                memory_mb: config.python_memory_mb,
+                max_output_bytes: config.max_output_bytes,
+            })
+            .with_context(|| format!("WORKER_PYTHON_BIN={}", config.python_bin))?;
+            Ok((Box::new(launcher), config.python_pool_size))
+        }
+        Language::Rust | Language::Wasm => bail!(
+            "this worker cannot run {language} yet (it runs: nodejs, python); remove it from WORKER_LANGUAGES"
         ),
     }
 }

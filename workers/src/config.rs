@@ -21,7 +21,7 @@ pub struct Config {
         long,
         env = "WORKER_LANGUAGES",
         value_delimiter = ',',
-        default_value = "nodejs"
+        default_value = "nodejs,python"
     )]
     pub languages: Vec<Language>,
 
@@ -49,6 +49,19 @@ pub struct Config {
     /// V8 heap limit of each Node.js process, in MiB.
     #[arg(long, env = "WORKER_NODEJS_MEMORY_MB", default_value_t = 128)]
     pub nodejs_memory_mb: u32,
+
+    /// Warm Python processes to keep.
+    #[arg(long, env = "WORKER_PYTHON_POOL_SIZE", default_value_t = 2)]
+    pub python_pool_size: usize,
+
+    /// The Python 3 interpreter, a name (looked up in /usr/bin, then on PATH)
+    /// or a path; resolved to its real path once at start.
+    #[arg(long, env = "WORKER_PYTHON_BIN", default_value = "python3")]
+    pub python_bin: String,
+
+    /// Memory a Python script may allocate beyond the interpreter's own, in MiB.
+    #[arg(long, env = "WORKER_PYTHON_MEMORY_MB", default_value_t = 128)]
+    pub python_memory_mb: u32,
 
     /// Bound on a script's result, and on the logs captured from it, in bytes.
     #[arg(long, env = "WORKER_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
@@ -102,6 +115,8 @@ mod tests {
         ]);
         assert_eq!(config.languages, [Language::Nodejs, Language::Python]);
         assert_eq!(config.nodejs_pool_size, 4);
+        assert_eq!(config.python_pool_size, 2);
+        assert_eq!(config.python_bin, "python3");
         assert_eq!(config.max_output_bytes, 1024 * 1024);
         assert!(config
             .worker_id

@@ -136,7 +136,7 @@ async fn runs_jobs_from_jetstream_and_announces_itself() {
 #[tokio::test]
 async fn refuses_languages_it_cannot_run() {
     let mut config = Config::from_env();
-    config.languages = vec![Language::Nodejs, Language::Python];
+    config.languages = vec![Language::Nodejs, Language::Wasm];
     let error = App::build(config).await.err().expect("refused");
-    assert!(error.to_string().contains("cannot run python"), "{error}");
+    assert!(error.to_string().contains("cannot run wasm"), "{error}");
 }

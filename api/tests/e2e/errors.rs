@@ -195,8 +195,8 @@ async fn a_language_without_a_worker_is_503_with_retry_after() {
     let stack = Stack::start().await;
     let (s, init) = stack
         .initialize(
-            "python-words",
-            "result = len(params['text'].split())",
+            "wasm-empty",
+            "(module (func (export \"_start\")))",
             json!({}),
         )
         .await;
@@ -207,7 +207,7 @@ async fn a_language_without_a_worker_is_503_with_retry_after() {
             "/api/v1/execute/{}",
             init["request_id"].as_str().unwrap()
         )))
-        .body(r#"{"params":{"text":"a b"}}"#)
+        .body(r#"{"params":{}}"#)
         .send()
         .await
         .unwrap();

@@ -5,5 +5,6 @@
 
 mod errors;
 mod execution;
+mod python;
 mod resilience;
 mod support;

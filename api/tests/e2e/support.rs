@@ -29,6 +29,8 @@ pub struct Options {
     pub worker: bool,
     pub session_expiry_seconds: u64,
     pub max_script_size: usize,
+    /// What the worker serves (when there is one).
+    pub languages: Vec<Language>,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             worker: true,
             session_expiry_seconds: 3600,
             max_script_size: 1024 * 1024,
+            languages: vec![Language::Nodejs],
         }
     }
 }
@@ -105,7 +108,9 @@ impl Stack {
             let mut wconfig = workers::Config::from_env();
             wconfig.nats_url = nats_url();
             wconfig.nats_prefix = prefix.clone();
+            wconfig.languages = options.languages.clone();
             wconfig.nodejs_pool_size = 2;
+            wconfig.python_pool_size = 2;
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
             let app = workers::App::build(wconfig).await.expect("worker starts");
@@ -124,11 +129,13 @@ impl Stack {
             prefix,
         };
         if options.worker {
-            stack
-                .wait_for("the nodejs runtime to be announced", |h| {
-                    h["components"]["runtimes"]["nodejs"]["status"] == "ok"
-                })
-                .await;
+            for language in &options.languages {
+                stack
+                    .wait_for(&format!("the {language} runtime to be announced"), |h| {
+                        h["components"]["runtimes"][language.as_str()]["status"] == "ok"
+                    })
+                    .await;
+            }
         }
         stack
     }

@@ -3,10 +3,14 @@
 //! A [`Pool`] keeps a fixed number of warm [`Instance`]s of one language,
 //! hands each to one job at a time and replaces any that break. What an
 //! instance is comes from a [`Launcher`]: [`node::NodeLauncher`] starts
-//! Node.js processes; Python and a wasmtime slot pool plug in the same way.
+//! Node.js processes, [`python::PythonLauncher`] Python processes, both
+//! through the shared runner `process` and line `protocol` modules.
 
 pub mod node;
 mod pool;
+mod process;
+mod protocol;
+pub mod python;
 
 pub use pool::{Pool, PoolPolicy, Reservation};
 

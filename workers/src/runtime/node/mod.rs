@@ -3,18 +3,12 @@
 //! function body run as `async (event, context) => { … }`, or a module
 //! exporting a handler.
 
-mod process;
-mod protocol;
-
-use super::{Instance, LaunchError, Launcher};
+use super::{process::RunnerSpec, Instance, LaunchError, Launcher};
 use crate::supervisor::{resolve_program, ProcessSpec};
 use futures::future::BoxFuture;
-use process::NodeProcess;
 use schemas::Language;
 
 const RUNNER_JS: &str = include_str!("runner.js");
-/// Room for the logs, the error stack and the framing of a response.
-const RESPONSE_HEADROOM: usize = 64 * 1024;
 
 /// How to start Node.js processes.
 #[derive(Debug, Clone)]
@@ -37,10 +31,9 @@ impl Default for NodeOptions {
     }
 }
 
-/// Starts [`NodeProcess`]es.
+/// Starts warm `node` processes.
 pub struct NodeLauncher {
-    spec: ProcessSpec,
-    max_line_bytes: usize,
+    runner: RunnerSpec,
 }
 
 impl NodeLauncher {
@@ -54,13 +47,15 @@ impl NodeLauncher {
             options.max_output_bytes.to_string().into(),
         ];
         Ok(Self {
-            spec: ProcessSpec {
-                program,
-                args,
-                label: Language::Nodejs.as_str(),
-            },
-            // A response carries the result and the logs, each within the limit.
-            max_line_bytes: 2 * options.max_output_bytes + RESPONSE_HEADROOM,
+            runner: RunnerSpec::new(
+                ProcessSpec {
+                    program,
+                    args,
+                    label: Language::Nodejs.as_str(),
+                },
+                Language::Nodejs,
+                options.max_output_bytes,
+            ),
         })
     }
 }
@@ -71,14 +66,6 @@ impl Launcher for NodeLauncher {
     }
 
     fn launch(&self) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
-        Box::pin(async {
-            match NodeProcess::start(&self.spec, self.max_line_bytes).await {
-                Ok(process) => Ok(Box::new(process) as Box<dyn Instance>),
-                Err(message) => Err(LaunchError {
-                    language: Language::Nodejs,
-                    message,
-                }),
-            }
-        })
+        self.runner.launch()
     }
 }
