@@ -10,4 +10,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /nonexistent --shell /usr/sbin/nologin lambda
 COPY --from=build /src/target/release/api /src/target/release/dispatcher /src/target/release/workers /usr/local/bin/
+COPY functions /usr/share/lambda-microservice/functions
+ENV FUNCTIONS_DIR=/usr/share/lambda-microservice/functions
 USER lambda

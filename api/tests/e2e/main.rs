@@ -5,6 +5,7 @@
 
 mod errors;
 mod execution;
+mod functions;
 mod python;
 mod resilience;
 mod support;
