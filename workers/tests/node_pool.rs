@@ -3,7 +3,7 @@
 
 use schemas::{ErrorCode, Language};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 use workers::runtime::{
     node::{NodeLauncher, NodeOptions},
     Execution, Invocation, Pool,
@@ -52,6 +52,31 @@ async fn full_again(pool: &Pool, size: usize) {
     })
     .await
     .expect("the pool refills");
+}
+
+/// Every process below `pid`, from the parent pids in /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parent_of = |p: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        after_name.split(' ').nth(1)?.parse::<u32>().ok()
+    };
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut found = vec![pid];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &p in &all {
+            if !found.contains(&p) && parent_of(p).is_some_and(|parent| found.contains(&parent)) {
+                found.push(p);
+                grew = true;
+            }
+        }
+    }
+    found
 }
 
 const ADD: &str = "return event.params.a + event.params.b;";
@@ -191,22 +216,25 @@ async fn endless_loop_times_out_and_the_pool_recovers() {
 async fn child_killed_from_outside_fails_the_job_and_is_replaced() {
     let pool = pool(1).await;
     let pid = pool.pids()[0];
-    let marker = std::env::temp_dir().join(format!("started-{}", uuid::Uuid::new_v4()));
-    let script = "require('fs').writeFileSync(event.params.marker, '');\n\
+    // The script runs sandboxed: its /tmp is visible from here only through
+    // the /proc entry of the process (the launcher's grandchild).
+    let script = "require('fs').writeFileSync('/tmp/started', '');\n\
                   await new Promise((r) => setTimeout(r, 5000)); return 1;";
-    let job = invocation(script, json!({"marker": marker}), 10_000);
+    let job = invocation(script, json!({}), 10_000);
     let running = tokio::spawn({
         let pool = pool.clone();
         async move { pool.execute(&job).await }
     });
     tokio::time::timeout(Duration::from_secs(10), async {
-        while !marker.exists() {
+        while !descendants(pid)
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}/root/tmp/started")).exists())
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
     .expect("the script started");
-    let _ = std::fs::remove_file(&marker);
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

@@ -7,12 +7,18 @@ mod process;
 mod protocol;
 
 use super::{Instance, LaunchError, Launcher};
-use crate::supervisor::{resolve_program, ProcessSpec};
+use crate::{
+    sandbox::Sandbox,
+    supervisor::{resolve_program, ProcessSpec},
+};
 use futures::future::BoxFuture;
 use process::NodeProcess;
 use schemas::Language;
 
 const RUNNER_JS: &str = include_str!("runner.js");
+/// Memory a Node.js process needs beyond its V8 old space: the young
+/// generation, code, stacks and the runtime itself.
+const PROCESS_OVERHEAD_MB: u32 = 96;
 /// Room for the logs, the error stack and the framing of a response.
 const RESPONSE_HEADROOM: usize = 64 * 1024;
 
@@ -25,6 +31,9 @@ pub struct NodeOptions {
     pub memory_mb: u32,
     /// Bound on a result, and separately on the logs of one job.
     pub max_output_bytes: usize,
+    /// Where the processes run; the process memory limit is `memory_mb`
+    /// plus what Node.js needs besides its heap.
+    pub sandbox: Sandbox,
 }
 
 impl Default for NodeOptions {
@@ -33,6 +42,7 @@ impl Default for NodeOptions {
             node_bin: "node".to_owned(),
             memory_mb: 128,
             max_output_bytes: 1024 * 1024,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -41,6 +51,8 @@ impl Default for NodeOptions {
 pub struct NodeLauncher {
     spec: ProcessSpec,
     max_line_bytes: usize,
+    /// The V8 heap limit, for error messages.
+    memory_mb: u32,
 }
 
 impl NodeLauncher {
@@ -58,7 +70,10 @@ impl NodeLauncher {
                 program,
                 args,
                 label: Language::Nodejs.as_str(),
+                memory_mb: options.memory_mb.saturating_add(PROCESS_OVERHEAD_MB),
+                sandbox: options.sandbox.clone(),
             },
+            memory_mb: options.memory_mb,
             // A response carries the result and the logs, each within the limit.
             max_line_bytes: 2 * options.max_output_bytes + RESPONSE_HEADROOM,
         })
@@ -72,7 +87,7 @@ impl Launcher for NodeLauncher {
 
     fn launch(&self) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
         Box::pin(async {
-            match NodeProcess::start(&self.spec, self.max_line_bytes).await {
+            match NodeProcess::start(&self.spec, self.max_line_bytes, self.memory_mb).await {
                 Ok(process) => Ok(Box::new(process) as Box<dyn Instance>),
                 Err(message) => Err(LaunchError {
                     language: Language::Nodejs,

@@ -3,7 +3,7 @@
 use super::protocol::{self, Hello, Response};
 use crate::{
     runtime::{Instance, Invocation, Report, RuntimeError},
-    supervisor::{describe_exit, ProcessSpec, Supervised},
+    supervisor::{Ending, ProcessSpec, Supervised},
 };
 use futures::{future::BoxFuture, StreamExt};
 use schemas::{ErrorCode, JobError};
@@ -19,12 +19,16 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a process whose stdout closed may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// What V8 prints on stderr before it aborts at its heap limit.
+const HEAP_EXHAUSTED: [&str; 2] = ["JavaScript heap out of memory", "Reached heap limit"];
 
 pub(super) struct NodeProcess {
     process: Supervised,
     stdin: ChildStdin,
     stdout: FramedRead<ChildStdout, LinesCodec>,
     last_id: u64,
+    /// The V8 heap limit, for error messages.
+    memory_mb: u32,
 }
 
 /// Why a job ended without a response, which makes the process unusable.
@@ -37,7 +41,11 @@ enum Failure {
 
 impl NodeProcess {
     /// Starts a process and waits for its `{"ready":true}`.
-    pub(super) async fn start(spec: &ProcessSpec, max_line_bytes: usize) -> Result<Self, String> {
+    pub(super) async fn start(
+        spec: &ProcessSpec,
+        max_line_bytes: usize,
+        memory_mb: u32,
+    ) -> Result<Self, String> {
         let (process, pipes) =
             Supervised::spawn(spec).map_err(|e| format!("{}: {e}", spec.program.display()))?;
         let mut node = Self {
@@ -48,6 +56,7 @@ impl NodeProcess {
                 LinesCodec::new_with_max_length(max_line_bytes),
             ),
             last_id: 0,
+            memory_mb,
         };
         match timeout(READY_TIMEOUT, node.stdout.next()).await {
             Ok(Some(Ok(line))) if serde_json::from_str::<Hello>(&line).is_ok_and(|h| h.ready) => {
@@ -55,10 +64,11 @@ impl NodeProcess {
             }
             Ok(Some(Ok(_) | Err(_))) => Err("runner sent no ready line".to_owned()),
             Ok(None) => {
-                let status = node.process.wait_or_kill(EXIT_GRACE).await;
+                let ending = node.process.wait_or_kill(EXIT_GRACE).await;
                 Err(format!(
-                    "runner exited at start ({})",
-                    describe_exit(status)
+                    "runner exited at start ({}): {}",
+                    ending.describe(),
+                    ending.stderr_tail.trim()
                 ))
             }
             Err(_) => Err(format!("runner not ready within {READY_TIMEOUT:?}")),
@@ -109,14 +119,21 @@ impl NodeProcess {
             Failure::Exited => EXIT_GRACE,
             _ => Duration::ZERO,
         };
-        let status = self.process.wait_or_kill(grace).await;
+        let ending = self.process.wait_or_kill(grace).await;
         match failure {
             Failure::Timeout(limit) => JobError::new(
                 ErrorCode::Timeout,
                 format!("script exceeded its timeout of {} ms", limit.as_millis()),
             ),
+            Failure::Exited if out_of_memory(&ending) => {
+                tracing::info!(pid, how = %ending.describe(), "node runtime ran out of memory");
+                JobError::new(
+                    ErrorCode::MemoryLimit,
+                    format!("script exceeded its memory limit of {} MB", self.memory_mb),
+                )
+            }
             Failure::Exited => {
-                let how = describe_exit(status);
+                let how = ending.describe();
                 tracing::warn!(pid, %how, "node runtime exited during a job");
                 JobError::new(
                     ErrorCode::RuntimeError,
@@ -133,6 +150,15 @@ impl NodeProcess {
             }
         }
     }
+}
+
+/// Whether V8 hit its heap limit or the kernel killed the process at its
+/// memory limit (memory outside the heap: buffers, many threads).
+fn out_of_memory(ending: &Ending) -> bool {
+    ending.oom_killed
+        || HEAP_EXHAUSTED
+            .iter()
+            .any(|marker| ending.stderr_tail.contains(marker))
 }
 
 impl Instance for NodeProcess {
