@@ -3,7 +3,7 @@
 //! bubblewrap (`bwrap`) runs unprivileged (it is not installed setuid here:
 //! it relies on user namespaces) and builds the sandbox: new user, pid,
 //! network, IPC, UTS and cgroup namespaces; a root file system holding only
-//! the read-only runtime (`/usr` and the `/bin`, `/lib*` links or binds), a
+//! the read-only runtime of the host (`/usr` and the `/bin`, `/lib*` links or binds), a
 //! new `/proc` of its own pid namespace, a minimal `/dev` and a size-limited
 //! tmpfs at `/tmp` as the working directory; an empty environment; no
 //! capabilities; a new session; death with its parent; no further user
@@ -26,6 +26,8 @@ pub(super) struct RuntimeFs {
     arguments: Vec<OsString>,
     /// Host directories visible (read-only) in the sandbox.
     visible: Vec<PathBuf>,
+    /// `env`, which starts the runtime with an empty environment.
+    env: PathBuf,
 }
 
 impl RuntimeFs {
@@ -35,6 +37,7 @@ impl RuntimeFs {
         let mut fs = Self {
             arguments: Vec::new(),
             visible: Vec::new(),
+            env: PathBuf::new(),
         };
         fs.bind(Path::new("/usr"))?;
         for dir in SYSTEM_DIRS.iter().map(Path::new) {
@@ -48,6 +51,7 @@ impl RuntimeFs {
                 _ => {}
             }
         }
+        fs.env = fs.locate(Path::new("/usr/bin/env"))?;
         Ok(fs)
     }
 
@@ -115,6 +119,10 @@ pub(super) fn arguments(
             &scratch_bytes.to_string(),
             "--tmpfs",
             "/tmp",
+            "--remount-ro",
+            "/",
+            "--remount-ro",
+            "/dev",
             "--chdir",
             "/tmp",
         ]
@@ -123,7 +131,7 @@ pub(super) fn arguments(
     for fd in seccomp_fds {
         all.extend(["--add-seccomp-fd".into(), fd.to_string().into()]);
     }
-    all.push("--".into());
+    all.extend(["--".into(), fs.env.clone().into(), "-i".into()]);
     all.push(program.into());
     all.extend(args.iter().cloned());
     all
@@ -147,7 +155,7 @@ mod tests {
         assert_eq!(text[at("--size") + 1], "1048576");
         assert_eq!(text[at("--tmpfs") + 1], "/tmp");
         assert_eq!(text[at("--add-seccomp-fd") + 1], "7");
-        assert_eq!(text[text.len() - 3..], ["--", "/usr/bin/node", "-e"]);
+        assert_eq!(text[text.len() - 5..], ["--", "/usr/bin/env", "-i", "/usr/bin/node", "-e"]);
         assert!(!text.iter().any(|a| a.starts_with("/etc") || *a == "/"));
     }
 }
