@@ -156,6 +156,12 @@ mod tests {
         assert_eq!(text[at("--tmpfs") + 1], "/tmp");
         assert_eq!(text[at("--add-seccomp-fd") + 1], "7");
         assert_eq!(text[text.len() - 5..], ["--", "/usr/bin/env", "-i", "/usr/bin/node", "-e"]);
-        assert!(!text.iter().any(|a| a.starts_with("/etc") || *a == "/"));
+        // Every host directory bound in is read-only and a runtime directory.
+        assert!(!text.contains(&"--bind"));
+        for (i, _) in text.iter().enumerate().filter(|(_, a)| **a == "--ro-bind") {
+            let source = text[i + 1];
+            assert!(source == "/usr" || SYSTEM_DIRS.contains(&source), "{source}");
+        }
+        assert_eq!(text[at("--remount-ro") + 1], "/");
     }
 }
