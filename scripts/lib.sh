@@ -40,6 +40,11 @@ ensure_node() {
   command -v node >/dev/null || apt_install nodejs
 }
 
+# bubblewrap: the sandbox every runtime process of the workers runs in.
+ensure_bwrap() {
+  command -v bwrap >/dev/null || apt_install bubblewrap
+}
+
 ensure_psql() {
   command -v psql >/dev/null || apt_install postgresql-client
 }
@@ -103,6 +108,7 @@ ensure_rust() {
 ensure_services() {
   ensure_rust
   ensure_node
+  ensure_bwrap
   ensure_postgres
   ensure_redis
   ensure_nats

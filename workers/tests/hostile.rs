@@ -615,3 +615,51 @@ return r.error;";
     }
     f.still_works().await;
 }
+
+// ----------------------------------------------------------- measurement --
+
+/// What the sandbox costs: start-up of a pool of 2 and 2,000 trivial jobs,
+/// with and without it. Prints the figures; run with
+/// `cargo test -p workers --test hostile -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn sandbox_cost() {
+    use workers::sandbox::Sandbox;
+    for (name, sandbox) in [("on", Sandbox::default()), ("off", Sandbox::disabled())] {
+        let options = NodeOptions {
+            sandbox,
+            ..NodeOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let launcher = NodeLauncher::new(&options).unwrap();
+        let pool = Pool::start(Box::new(launcher), 2).await.unwrap();
+        let spawn = started.elapsed();
+        let job = Invocation::new(
+            Language::Nodejs,
+            "return event.params.a + event.params.b;".to_owned(),
+            json!({"a": 1, "b": 2}).to_string(),
+            "{}".to_owned(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let lanes = (0..2).map(|_| {
+            let (pool, job) = (pool.clone(), job.clone());
+            tokio::spawn(async move {
+                for _ in 0..1000 {
+                    let execution = pool.execute(&job).await.unwrap();
+                    assert_eq!(execution.outcome.unwrap(), "3");
+                }
+            })
+        });
+        for lane in futures::future::join_all(lanes).await {
+            lane.unwrap();
+        }
+        let total = started.elapsed();
+        println!(
+            "sandbox {name}: pool of 2 ready in {spawn:?}; 2000 jobs in {total:?} ({:?} per job)",
+            total / 2000
+        );
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+}

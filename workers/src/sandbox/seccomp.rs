@@ -7,9 +7,12 @@
 //! still work), tracing or reading other processes, namespaces and mounts,
 //! kernel keyrings, BPF, perf and module loading. `clone3` and `io_uring_*`
 //! answer `ENOSYS`, so libc and libuv fall back to `clone` and plain syscalls.
+//! On x86_64 a third filter refuses the x32 syscall numbers, which the other
+//! filters (keyed by x86_64 numbers) would otherwise let through on kernels
+//! built with x32 support.
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
@@ -94,7 +97,7 @@ pub(super) fn programs() -> Result<Vec<Vec<u8>>, seccompiler::Error> {
         (denied, libc::EPERM),
         (absent, libc::ENOSYS),
     ];
-    filters
+    let mut programs = filters
         .into_iter()
         .map(|(rules, errno)| {
             let errno = u32::try_from(errno).expect("errno values are positive");
@@ -103,7 +106,34 @@ pub(super) fn programs() -> Result<Vec<Vec<u8>>, seccompiler::Error> {
             let program = BpfProgram::try_from(filter)?;
             Ok(to_bytes(&program))
         })
-        .collect()
+        .collect::<Result<Vec<_>, seccompiler::Error>>()?;
+    if arch == TargetArch::x86_64 {
+        programs.push(to_bytes(&no_x32()));
+    }
+    Ok(programs)
+}
+
+/// `EPERM` for every syscall number with the x32 bit set, when the
+/// architecture is x86_64; everything else is left to the other filters.
+fn no_x32() -> BpfProgram {
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let instruction = |code: u32, jt, jf, k| sock_filter {
+        code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
+        jt,
+        jf,
+        k,
+    };
+    let load = |offset| instruction(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, offset);
+    let errno = u32::try_from(libc::EPERM).expect("errno values are positive");
+    vec![
+        load(4), // seccomp_data.arch
+        instruction(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 3, AUDIT_ARCH_X86_64),
+        load(0), // seccomp_data.nr
+        instruction(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 0, 1, X32_SYSCALL_BIT),
+        instruction(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ERRNO | errno),
+        instruction(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 /// The in-memory layout of `struct sock_filter[]`, which is what the kernel
@@ -124,9 +154,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compiles_two_filters_of_whole_instructions() {
+    fn compiles_filters_of_whole_instructions() {
         let programs = programs().unwrap();
-        assert_eq!(programs.len(), 2);
+        assert!(programs.len() >= 2);
         for program in programs {
             assert!(!program.is_empty());
             assert_eq!(program.len() % 8, 0);
