@@ -16,6 +16,7 @@ use std::{
     sync::Once,
     time::Duration,
 };
+use tokio::io::{AsyncBufReadExt, BufReader};
 use workers::runtime::{
     node::{NodeLauncher, NodeOptions},
     Execution, Invocation, Pool,
@@ -358,7 +359,9 @@ return event.params.paths.map((p) => { try { fs.readFileSync(p); return 'read'; 
     }
     // The root holds the runtime's directories and nothing else of the host.
     let root = outcomes[paths.len()].as_str().unwrap();
-    let allowed = ["bin", "dev", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr"];
+    let allowed = [
+        "bin", "dev", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
+    ];
     assert!(root.split(',').all(|d| allowed.contains(&d)), "{root}");
     assert!(root.contains("usr") && root.contains("tmp"), "{root}");
     f.still_works().await;
@@ -587,7 +590,10 @@ try { for (;;) { fs.appendFileSync('/tmp/fill', chunk); mb++; } } catch (e) { re
     let execution = f.run(script, json!({})).await;
     let outcome = result(&execution);
     assert_eq!(outcome["code"], "ENOSPC");
-    assert!(outcome["mb"].as_u64().unwrap() <= SCRATCH_MB as u64, "{outcome}");
+    assert!(
+        outcome["mb"].as_u64().unwrap() <= SCRATCH_MB as u64,
+        "{outcome}"
+    );
     f.still_works().await;
 }
 
@@ -597,7 +603,10 @@ async fn node_abort_is_a_runtime_error() {
     let execution = f.run("process.abort();", json!({})).await;
     let e = error(&execution);
     assert_eq!(e.code, ErrorCode::RuntimeError);
-    assert!(e.message.starts_with("runtime process exited unexpectedly"), "{e:?}");
+    assert!(
+        e.message.starts_with("runtime process exited unexpectedly"),
+        "{e:?}"
+    );
     f.still_works().await;
 }
 
@@ -614,6 +623,88 @@ return r.error;";
         Err(e) => assert_eq!(e.code, ErrorCode::RuntimeError),
     }
     f.still_works().await;
+}
+
+#[tokio::test]
+async fn node_sandboxes_die_with_the_worker() {
+    let mut worker = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "worker_to_be_killed", "--nocapture"])
+        .env(WORKER_TO_BE_KILLED, "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let pids: Vec<u32> = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(pids) = line.strip_prefix("sandbox pids: ") {
+                return serde_json::from_str(pids).unwrap();
+            }
+        }
+        panic!("the worker ended without starting its pool");
+    })
+    .await
+    .expect("the worker starts its pool");
+    assert_eq!(
+        pids.len(),
+        6,
+        "two sandboxes of bwrap, bwrap and node: {pids:?}"
+    );
+
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat[stat.rfind(')').unwrap()..].starts_with(") Z"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pids.iter().any(alive) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("sandboxes outlived their worker: {pids:?}"));
+}
+
+const WORKER_TO_BE_KILLED: &str = "HOSTILE_WORKER_TO_BE_KILLED";
+
+/// A worker for `node_sandboxes_die_with_the_worker`, run in a process of its
+/// own: starts a pool, keeps both runtimes busy in endless loops (so they do
+/// not simply exit when their stdin closes), prints the pids in its
+/// sandboxes and waits for SIGKILL.
+#[tokio::test]
+#[ignore = "started by node_sandboxes_die_with_the_worker"]
+async fn worker_to_be_killed() {
+    if std::env::var_os(WORKER_TO_BE_KILLED).is_none() {
+        return;
+    }
+    let f = Fixture::node(2).await;
+    let spin = Invocation::new(
+        Language::Nodejs,
+        "while (true) {}".to_owned(),
+        "{}".to_owned(),
+        "{}".to_owned(),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let (pool, spin) = (f.pool.clone(), spin.clone());
+        tokio::spawn(async move { pool.execute(&spin).await });
+    }
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat[stat.rfind(')').unwrap()..].starts_with(") R"))
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while f.runtime_pids().len() < 2 || !f.runtime_pids().iter().all(running) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both runtimes run the endless loop");
+    let pids: Vec<u32> = f.pool.pids().into_iter().flat_map(descendants).collect();
+    println!("sandbox pids: {}", serde_json::to_string(&pids).unwrap());
+    std::future::pending::<()>().await;
 }
 
 // ----------------------------------------------------------- measurement --

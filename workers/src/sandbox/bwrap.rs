@@ -149,18 +149,30 @@ mod tests {
         let err = fs.locate(Path::new("/etc/passwd")).unwrap_err();
         assert!(err.to_string().contains("outside the sandbox"), "{err}");
 
-        let args = arguments(&fs, 1 << 20, &[7], Path::new("/usr/bin/node"), &["-e".into()]);
+        let args = arguments(
+            &fs,
+            1 << 20,
+            &[7],
+            Path::new("/usr/bin/node"),
+            &["-e".into()],
+        );
         let text: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         let at = |flag| text.iter().position(|a| *a == flag).unwrap();
         assert_eq!(text[at("--size") + 1], "1048576");
         assert_eq!(text[at("--tmpfs") + 1], "/tmp");
         assert_eq!(text[at("--add-seccomp-fd") + 1], "7");
-        assert_eq!(text[text.len() - 5..], ["--", "/usr/bin/env", "-i", "/usr/bin/node", "-e"]);
+        assert_eq!(
+            text[text.len() - 5..],
+            ["--", "/usr/bin/env", "-i", "/usr/bin/node", "-e"]
+        );
         // Every host directory bound in is read-only and a runtime directory.
         assert!(!text.contains(&"--bind"));
         for (i, _) in text.iter().enumerate().filter(|(_, a)| **a == "--ro-bind") {
             let source = text[i + 1];
-            assert!(source == "/usr" || SYSTEM_DIRS.contains(&source), "{source}");
+            assert!(
+                source == "/usr" || SYSTEM_DIRS.contains(&source),
+                "{source}"
+            );
         }
         assert_eq!(text[at("--remount-ro") + 1], "/");
     }

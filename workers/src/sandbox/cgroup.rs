@@ -92,10 +92,12 @@ impl Layout {
         };
         match (v1("memory"), v1("pids")) {
             (Some(memory), Some(pids)) => Ok(Self::V1 { memory, pids }),
-            _ => Err("no cgroup with the memory and pids controllers is available to the \
+            _ => Err(
+                "no cgroup with the memory and pids controllers is available to the \
                       worker (cgroup v2 with both controllers delegated, or cgroup v1 with \
                       both hierarchies mounted)"
-                .to_owned()),
+                    .to_owned(),
+            ),
         }
     }
 
@@ -131,7 +133,10 @@ impl Layout {
                 write(&dir, "pids.max", &pids)?;
                 group.oom_file = dir.join("memory.events");
             }
-            Self::V1 { memory: root, pids: pids_root } => {
+            Self::V1 {
+                memory: root,
+                pids: pids_root,
+            } => {
                 let dir = group.make(root.join(&name))?;
                 write(&dir, "memory.limit_in_bytes", &memory)?;
                 write_if_present(&dir, "memory.memsw.limit_in_bytes", &memory)?;
@@ -143,7 +148,12 @@ impl Layout {
         let procs = group
             .dirs
             .iter()
-            .map(|dir| Ok(fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?.into()))
+            .map(|dir| {
+                Ok(fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))?
+                    .into())
+            })
             .collect::<io::Result<_>>()?;
         Ok((group, procs))
     }
@@ -174,7 +184,9 @@ impl Cgroup {
         for dir in dirs {
             loop {
                 match fs::remove_dir(dir) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -302,7 +314,8 @@ mod tests {
 
     #[test]
     fn parses_mount_lines() {
-        let line = "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory";
+        let line =
+            "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory";
         let mount = Mount::parse(line).unwrap();
         assert_eq!(mount.fstype, "cgroup");
         assert_eq!(mount.options, "rw,memory");

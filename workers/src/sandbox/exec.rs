@@ -86,7 +86,10 @@ pub(crate) fn kill_process_group(pgid: u32) -> io::Result<()> {
     let pgid = libc::pid_t::try_from(pgid)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
     if pgid <= 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a process group"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a process group",
+        ));
     }
     // SAFETY: kill has no memory-safety preconditions; a negative pid names a
     // process group, and pgid > 1 rules out "every process" (-1).

@@ -168,7 +168,7 @@ impl Sandbox {
         exec::install(
             &mut command,
             exec::ChildSetup {
-                cgroup_procs: cgroup_procs.into_iter().map(Into::into).collect(),
+                cgroup_procs,
                 inherit,
                 switch_to,
             },
@@ -183,7 +183,9 @@ pub(crate) enum Confinement {
     Sandboxed(cgroup::Cgroup),
     /// An unconfined process, with its private working directory (removed
     /// on drop).
-    Unconfined { _scratch: ScratchDir },
+    Unconfined {
+        _scratch: ScratchDir,
+    },
 }
 
 impl Confinement {
@@ -227,7 +229,12 @@ fn unconfined(spec: &ProcessSpec) -> io::Result<(Command, Confinement)> {
         // Its own process group, so that a signal meant for the worker
         // (Ctrl-C in a terminal) does not reach the runtimes directly.
         .process_group(0);
-    Ok((command, Confinement::Unconfined { _scratch: ScratchDir(dir) }))
+    Ok((
+        command,
+        Confinement::Unconfined {
+            _scratch: ScratchDir(dir),
+        },
+    ))
 }
 
 /// A descriptor from which `bytes` can be read once, up to end of file.
@@ -253,9 +260,8 @@ impl Host {
     }
 
     fn examine() -> Result<Self, String> {
-        let bwrap = resolve_program("bwrap").map_err(|_| {
-            "bubblewrap is not installed (apt-get install bubblewrap)".to_owned()
-        })?;
+        let bwrap = resolve_program("bwrap")
+            .map_err(|_| "bubblewrap is not installed (apt-get install bubblewrap)".to_owned())?;
         let fs = bwrap::RuntimeFs::of_host().map_err(|e| format!("runtime directories: {e}"))?;
         let layout = cgroup::Layout::detect()?;
         let seccomp = seccomp::programs().map_err(|e| format!("seccomp filter: {e}"))?;

@@ -12,8 +12,8 @@
 //! built with x32 support.
 
 use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -78,7 +78,7 @@ pub(super) fn programs() -> Result<Vec<Vec<u8>>, seccompiler::Error> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
 
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (i64::from(nr), Vec::new())).collect();
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
     // A new process, not a thread: `clone` without CLONE_THREAD in its flags
     // (the first argument on x86_64 and aarch64).
     let new_process = SeccompCondition::new(
@@ -87,22 +87,20 @@ pub(super) fn programs() -> Result<Vec<Vec<u8>>, seccompiler::Error> {
         SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
         0,
     )?;
-    denied.insert(
-        i64::from(libc::SYS_clone),
-        vec![SeccompRule::new(vec![new_process])?],
-    );
-    let absent = ABSENT.iter().map(|&nr| (i64::from(nr), Vec::new())).collect();
+    denied.insert(libc::SYS_clone, vec![SeccompRule::new(vec![new_process])?]);
+    let absent = ABSENT.iter().map(|&nr| (nr, Vec::new())).collect();
 
-    let filters = [
-        (denied, libc::EPERM),
-        (absent, libc::ENOSYS),
-    ];
+    let filters = [(denied, libc::EPERM), (absent, libc::ENOSYS)];
     let mut programs = filters
         .into_iter()
         .map(|(rules, errno)| {
             let errno = u32::try_from(errno).expect("errno values are positive");
-            let filter =
-                SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch)?;
+            let filter = SeccompFilter::new(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(errno),
+                arch,
+            )?;
             let program = BpfProgram::try_from(filter)?;
             Ok(to_bytes(&program))
         })
@@ -128,10 +126,25 @@ fn no_x32() -> BpfProgram {
     let errno = u32::try_from(libc::EPERM).expect("errno values are positive");
     vec![
         load(4), // seccomp_data.arch
-        instruction(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 3, AUDIT_ARCH_X86_64),
+        instruction(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            3,
+            AUDIT_ARCH_X86_64,
+        ),
         load(0), // seccomp_data.nr
-        instruction(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 0, 1, X32_SYSCALL_BIT),
-        instruction(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ERRNO | errno),
+        instruction(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            0,
+            1,
+            X32_SYSCALL_BIT,
+        ),
+        instruction(
+            libc::BPF_RET | libc::BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | errno,
+        ),
         instruction(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
     ]
 }
