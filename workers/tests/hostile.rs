@@ -295,6 +295,24 @@ return workers.length;";
 }
 
 #[tokio::test]
+async fn node_threads_are_bounded_by_the_pids_limit() {
+    // Memory to spare, so the number of tasks is what runs out.
+    let f = Fixture::node_with_memory(1, 1024).await;
+    let script = "const { Worker } = require('worker_threads');
+const resourceLimits = { maxOldGenerationSizeMb: 4, maxYoungGenerationSizeMb: 1, stackSizeMb: 1 };
+for (let i = 0; i < 200; i++) {
+  try { new Worker('setInterval(() => {}, 1000)', { eval: true, resourceLimits }); }
+  catch (e) { return { started: i, error: e.message }; }
+}
+return { started: 200 };";
+    let execution = f.run(script, json!({})).await;
+    let outcome = result(&execution);
+    assert_eq!(outcome["error"], "EAGAIN", "{outcome}");
+    assert!(outcome["started"].as_u64().unwrap() < 64, "{outcome}");
+    f.still_works().await;
+}
+
+#[tokio::test]
 async fn node_deep_recursion_is_a_runtime_error() {
     let f = Fixture::node(1).await;
     let script = "const down = (n) => down(n + 1) + 1; return down(0);";

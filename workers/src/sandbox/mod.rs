@@ -274,3 +274,25 @@ impl Host {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn works_here_and_refuses_root_as_the_sandbox_uid() {
+        Sandbox::default().check().await.unwrap();
+        Sandbox::disabled().check().await.unwrap();
+
+        let root = Sandbox::new(SandboxSettings {
+            uid: 0,
+            ..SandboxSettings::default()
+        });
+        let error = root.check().await.unwrap_err().to_string();
+        assert!(
+            error.contains("WORKER_SANDBOX_UID must not be 0"),
+            "{error}"
+        );
+        assert!(error.contains("WORKER_SANDBOX=off"), "{error}");
+    }
+}
