@@ -734,7 +734,7 @@ async fn worker_to_be_killed() {
 #[ignore = "a measurement, not a check"]
 async fn sandbox_cost() {
     use workers::sandbox::Sandbox;
-    for (name, sandbox) in [("on", Sandbox::default()), ("off", Sandbox::disabled())] {
+    for (name, sandbox) in [("off", Sandbox::disabled()), ("on", Sandbox::default())] {
         let options = NodeOptions {
             sandbox,
             ..NodeOptions::default()
