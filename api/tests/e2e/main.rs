@@ -6,4 +6,5 @@
 mod errors;
 mod execution;
 mod resilience;
+mod sandbox;
 mod support;
