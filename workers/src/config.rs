@@ -34,7 +34,9 @@ pub struct Config {
     #[arg(long, env = "WORKER_NODE_BIN", default_value = "node")]
     pub node_bin: String,
 
-    /// V8 heap limit of each Node.js process, in MiB.
+    /// V8 heap limit of each Node.js process, in MiB. Sandboxed, the whole
+    /// process (heap, buffers, threads, scratch files) is limited to this
+    /// plus 96 MiB plus WORKER_SCRATCH_MB.
     #[arg(long, env = "WORKER_NODEJS_MEMORY_MB", default_value_t = 128)]
     pub nodejs_memory_mb: u32,
 

@@ -126,20 +126,7 @@ impl Sandbox {
         };
         let host = Host::get().map_err(|e| io::Error::other(e.clone()))?;
         let program = host.fs.locate(&spec.program)?;
-        let switch_to = match exec::current_uid() {
-            _ if settings.uid == 0 => {
-                return Err(io::Error::other("WORKER_SANDBOX_UID must not be 0"))
-            }
-            0 => Some((settings.uid, settings.uid)),
-            own if own == settings.uid => None,
-            own => {
-                return Err(io::Error::other(format!(
-                    "the worker runs as uid {own} and cannot switch to WORKER_SANDBOX_UID={}: \
-                     run it as root, or set WORKER_SANDBOX_UID={own}",
-                    settings.uid
-                )))
-            }
-        };
+        let switch_to = switch_to(settings.uid)?;
         let scratch_bytes = u64::from(settings.scratch_mb) << 20;
         let limits = cgroup::Limits {
             // The scratch tmpfs is charged to the process writing it.
@@ -235,6 +222,21 @@ fn unconfined(spec: &ProcessSpec) -> io::Result<(Command, Confinement)> {
             _scratch: ScratchDir(dir),
         },
     ))
+}
+
+/// The `(uid, gid)` the child switches to before starting the sandbox: the
+/// sandbox uid when the worker is root; nothing when the worker already runs
+/// as that uid; any other case is a configuration error.
+fn switch_to(uid: u32) -> io::Result<Option<(u32, u32)>> {
+    match exec::current_uid() {
+        _ if uid == 0 => Err(io::Error::other("WORKER_SANDBOX_UID must not be 0")),
+        0 => Ok(Some((uid, uid))),
+        own if own == uid => Ok(None),
+        own => Err(io::Error::other(format!(
+            "the worker runs as uid {own} and cannot switch to WORKER_SANDBOX_UID={uid}: \
+             run it as root, or set WORKER_SANDBOX_UID={own}"
+        ))),
+    }
 }
 
 /// A descriptor from which `bytes` can be read once, up to end of file.
