@@ -112,6 +112,12 @@ impl Supervised {
         }
     }
 
+    /// Whether the process ever ran into a limit of its sandbox (memory,
+    /// tasks): it should be replaced rather than run another job.
+    pub(crate) fn limits_reached(&self) -> bool {
+        self.confinement.limits_reached()
+    }
+
     /// Waits up to `within` for the child to exit, then kills it; returns
     /// how it ended.
     pub(crate) async fn wait_or_kill(&mut self, within: Duration) -> Ending {

@@ -305,11 +305,14 @@ for (let i = 0; i < 200; i++) {
   catch (e) { return { started: i, error: e.message }; }
 }
 return { started: 200 };";
+    let before = f.pool.pids();
     let execution = f.run(script, json!({})).await;
     let outcome = result(&execution);
     assert_eq!(outcome["error"], "EAGAIN", "{outcome}");
     assert!(outcome["started"].as_u64().unwrap() < 64, "{outcome}");
     f.still_works().await;
+    // The threads the script left running went with the process it ran in.
+    assert_ne!(f.pool.pids(), before);
 }
 
 #[tokio::test]

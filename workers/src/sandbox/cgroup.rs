@@ -43,6 +43,9 @@ pub(crate) struct Cgroup {
     dirs: Vec<PathBuf>,
     /// Where the kernel counts OOM kills: `memory.events` or `memory.oom_control`.
     oom_file: PathBuf,
+    /// Counters of the times a limit stopped the group: a file and the key
+    /// of its line, or `None` for a file holding one number.
+    limit_counters: Vec<(PathBuf, Option<&'static str>)>,
 }
 
 impl Layout {
@@ -122,6 +125,7 @@ impl Layout {
         let mut group = Cgroup {
             dirs: Vec::new(),
             oom_file: PathBuf::new(),
+            limit_counters: Vec::new(),
         };
         match self {
             Self::V2 { parent } => {
@@ -132,6 +136,10 @@ impl Layout {
                 write_if_present(&dir, "memory.oom.group", "1")?;
                 write(&dir, "pids.max", &pids)?;
                 group.oom_file = dir.join("memory.events");
+                group.limit_counters = vec![
+                    (dir.join("memory.events"), Some("max")),
+                    (dir.join("pids.events"), Some("max")),
+                ];
             }
             Self::V1 {
                 memory: root,
@@ -141,8 +149,12 @@ impl Layout {
                 write(&dir, "memory.limit_in_bytes", &memory)?;
                 write_if_present(&dir, "memory.memsw.limit_in_bytes", &memory)?;
                 group.oom_file = dir.join("memory.oom_control");
+                group.limit_counters = vec![(dir.join("memory.failcnt"), None)];
                 let dir = group.make(pids_root.join(&name))?;
                 write(&dir, "pids.max", &pids)?;
+                group
+                    .limit_counters
+                    .push((dir.join("pids.events"), Some("max")));
             }
         }
         let procs = group
@@ -168,13 +180,17 @@ impl Cgroup {
 
     /// Whether the kernel's OOM killer has killed anything in the group.
     pub(super) fn oom_killed(&self) -> bool {
-        fs::read_to_string(&self.oom_file).is_ok_and(|text| {
-            text.lines().any(|line| {
-                let mut fields = line.split_whitespace();
-                matches!(fields.next(), Some("oom_kill" | "oom_group_kill"))
-                    && fields.next().and_then(|n| n.parse::<u64>().ok()) > Some(0)
-            })
-        })
+        ["oom_kill", "oom_group_kill"]
+            .into_iter()
+            .any(|key| counter(&self.oom_file, Some(key)) > 0)
+    }
+
+    /// Whether the group ever ran into its memory or pids limit (an
+    /// allocation had to wait for reclaim, a thread could not be created).
+    pub(super) fn limits_reached(&self) -> bool {
+        self.limit_counters
+            .iter()
+            .any(|(file, key)| counter(file, *key) > 0)
     }
 
     /// Waits (up to a bound) for the group's processes to be gone, then
@@ -293,6 +309,23 @@ fn remove_stale(parent: &Path) {
             let _ = fs::remove_dir(entry.path());
         }
     }
+}
+
+/// The number in `file` (`key: None`) or on its line starting with `key`;
+/// 0 when it cannot be read.
+fn counter(file: &Path, key: Option<&str>) -> u64 {
+    let text = fs::read_to_string(file).unwrap_or_default();
+    let value = match key {
+        None => text.trim(),
+        Some(key) => text
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(' ')?;
+                (name == key).then_some(value)
+            })
+            .unwrap_or_default(),
+    };
+    value.trim().parse().unwrap_or(0)
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {

@@ -183,6 +183,16 @@ impl Confinement {
             Self::Unconfined { .. } => false,
         }
     }
+
+    /// Whether the process ever ran into its memory or pids limit; such a
+    /// process may carry leftovers of the script (threads, buffers) and
+    /// should not run another job.
+    pub(crate) fn limits_reached(&self) -> bool {
+        match self {
+            Self::Sandboxed(cgroup) => cgroup.limits_reached(),
+            Self::Unconfined { .. } => false,
+        }
+    }
 }
 
 /// A directory removed on drop.

@@ -92,11 +92,14 @@ impl NodeProcess {
                 Ok(Some(Err(LinesCodecError::Io(e)))) => Failure::Protocol(e.to_string()),
                 Ok(Some(Ok(line))) => match serde_json::from_str::<Response>(&line) {
                     Ok(response) if response.id == id => {
+                        // A script that ran into the sandbox's limits may
+                        // have left threads or memory behind.
+                        let reusable = !response.recycle && !self.process.limits_reached();
                         return Ok(Report {
                             outcome: response.outcome(),
                             logs: response.logs,
-                            reusable: !response.recycle,
-                        })
+                            reusable,
+                        });
                     }
                     Ok(response) => {
                         Failure::Protocol(format!("answer to {} instead of {id}", response.id))
