@@ -45,6 +45,11 @@ ensure_python() {
   [ -x /usr/bin/python3 ] || apt_install python3
 }
 
+# bubblewrap: the sandbox every runtime process of the workers runs in.
+ensure_bwrap() {
+  command -v bwrap >/dev/null || apt_install bubblewrap
+}
+
 ensure_psql() {
   command -v psql >/dev/null || apt_install postgresql-client
 }
@@ -109,6 +114,7 @@ ensure_services() {
   ensure_rust
   ensure_node
   ensure_python
+  ensure_bwrap
   ensure_postgres
   ensure_redis
   ensure_nats

@@ -9,6 +9,7 @@ use crate::{
         python::{PythonLauncher, PythonOptions},
         Launcher, Pool, PoolPolicy,
     },
+    sandbox::Sandbox,
     Config,
 };
 use anyhow::{bail, Context as _};
@@ -49,9 +50,18 @@ impl App {
         if languages.is_empty() {
             bail!("WORKER_LANGUAGES is empty");
         }
+        let sandbox = config.sandbox();
+        if sandbox.is_enabled() {
+            sandbox.check().await?;
+        } else {
+            tracing::warn!(
+                "WORKER_SANDBOX=off: scripts run UNCONFINED, with the worker's file system, \
+                 network and privileges; never do this outside development"
+            );
+        }
         let launchers = languages
             .iter()
-            .map(|&language| launcher(language, &config))
+            .map(|&language| launcher(language, &config, &sandbox))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pools = Vec::new();
         for (launcher, size) in launchers {
@@ -174,7 +184,11 @@ impl AppHandle {
 }
 
 /// What starts the runtimes of `language`, and how many to keep.
-fn launcher(language: Language, config: &Config) -> anyhow::Result<(Box<dyn Launcher>, usize)> {
+fn launcher(
+    language: Language,
+    config: &Config,
+    sandbox: &Sandbox,
+) -> anyhow::Result<(Box<dyn Launcher>, usize)> {
     match language {
         Language::Nodejs => {
             if config.nodejs_pool_size == 0 {
@@ -184,6 +198,7 @@ fn launcher(language: Language, config: &Config) -> anyhow::Result<(Box<dyn Laun
                 node_bin: config.node_bin.clone(),
                 memory_mb: config.nodejs_memory_mb,
                 max_output_bytes: config.max_output_bytes,
+                sandbox: sandbox.clone(),
             })
             .with_context(|| format!("WORKER_NODE_BIN={}", config.node_bin))?;
             Ok((Box::new(launcher), config.nodejs_pool_size))
@@ -196,6 +211,7 @@ fn launcher(language: Language, config: &Config) -> anyhow::Result<(Box<dyn Laun
                 python_bin: config.python_bin.clone(),
                 memory_mb: config.python_memory_mb,
                 max_output_bytes: config.max_output_bytes,
+                sandbox: sandbox.clone(),
             })
             .with_context(|| format!("WORKER_PYTHON_BIN={}", config.python_bin))?;
             Ok((Box::new(launcher), config.python_pool_size))

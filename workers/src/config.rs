@@ -1,7 +1,8 @@
 //! The worker's configuration: command-line flags, each also read from the
 //! environment variable named beside it.
 
-use clap::Parser;
+use crate::sandbox::{Sandbox, SandboxSettings};
+use clap::{Parser, ValueEnum};
 use schemas::{Language, Subjects};
 
 /// Settings of one worker process.
@@ -46,7 +47,9 @@ pub struct Config {
     #[arg(long, env = "WORKER_NODE_BIN", default_value = "node")]
     pub node_bin: String,
 
-    /// V8 heap limit of each Node.js process, in MiB.
+    /// V8 heap limit of each Node.js process, in MiB. Sandboxed, the whole
+    /// process (heap, buffers, threads, scratch files) is limited to this
+    /// plus 96 MiB plus WORKER_SCRATCH_MB.
     #[arg(long, env = "WORKER_NODEJS_MEMORY_MB", default_value_t = 128)]
     pub nodejs_memory_mb: u32,
 
@@ -62,6 +65,21 @@ pub struct Config {
     /// Memory a Python script may allocate beyond the interpreter's own, in MiB.
     #[arg(long, env = "WORKER_PYTHON_MEMORY_MB", default_value_t = 128)]
     pub python_memory_mb: u32,
+
+    /// `on`: every runtime process runs in the OS sandbox (bubblewrap,
+    /// seccomp, cgroups). `off`: unconfined, for development machines without
+    /// user namespaces only.
+    #[arg(long, env = "WORKER_SANDBOX", value_enum, default_value_t = SandboxMode::On)]
+    pub sandbox: SandboxMode,
+
+    /// uid (and gid) sandboxed runtimes run as; the worker, started as root,
+    /// drops to it for them.
+    #[arg(long, env = "WORKER_SANDBOX_UID", default_value_t = 65534)]
+    pub sandbox_uid: u32,
+
+    /// Size of each runtime process's private scratch directory (/tmp), in MiB.
+    #[arg(long, env = "WORKER_SCRATCH_MB", default_value_t = 64)]
+    pub scratch_mb: u32,
 
     /// Bound on a script's result, and on the logs captured from it, in bytes.
     #[arg(long, env = "WORKER_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
@@ -85,6 +103,24 @@ impl Config {
     pub fn from_env() -> Self {
         Self::parse_from(["workers"])
     }
+
+    /// The sandbox the runtimes run in.
+    pub fn sandbox(&self) -> Sandbox {
+        match self.sandbox {
+            SandboxMode::On => Sandbox::new(SandboxSettings {
+                uid: self.sandbox_uid,
+                scratch_mb: self.scratch_mb,
+            }),
+            SandboxMode::Off => Sandbox::disabled(),
+        }
+    }
+}
+
+/// Whether runtime processes are sandboxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    On,
+    Off,
 }
 
 /// `<hostname>-<pid>`, or a random id when the host name is unknown.
@@ -118,6 +154,10 @@ mod tests {
         assert_eq!(config.python_pool_size, 2);
         assert_eq!(config.python_bin, "python3");
         assert_eq!(config.max_output_bytes, 1024 * 1024);
+        assert_eq!(config.sandbox, SandboxMode::On);
+        assert!(config.sandbox().is_enabled());
+        let off = Config::parse_from(["workers", "--sandbox", "off"]);
+        assert!(!off.sandbox().is_enabled());
         assert!(config
             .worker_id
             .ends_with(&format!("-{}", std::process::id())));

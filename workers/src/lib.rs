@@ -6,6 +6,7 @@
 //! - `consumer`: the pull loop and what becomes of each job message.
 //! - `heartbeat`: announces the worker's runtimes and load.
 //! - [`runtime`]: the pool of warm instances and the Node.js runtime.
+//! - [`sandbox`]: the OS sandbox every runtime process runs in.
 //! - `supervisor`: starting, watching and stopping runtime processes.
 
 mod app;
@@ -13,7 +14,8 @@ mod config;
 mod consumer;
 mod heartbeat;
 pub mod runtime;
+pub mod sandbox;
 mod supervisor;
 
 pub use app::{App, AppHandle};
-pub use config::Config;
+pub use config::{Config, SandboxMode};

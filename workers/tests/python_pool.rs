@@ -1,9 +1,11 @@
 //! The Python pool on its own, without NATS: the script contract, failures
 //! and recovery.
 
+mod common;
+
 use schemas::{ErrorCode, Language};
 use serde_json::{json, Value};
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 use workers::runtime::{
     python::{PythonLauncher, PythonOptions},
     Execution, Invocation, Pool,
@@ -302,21 +304,13 @@ async fn endless_loop_times_out_and_the_pool_recovers() {
 async fn child_killed_from_outside_fails_the_job_and_is_replaced() {
     let pool = pool(1).await;
     let pid = pool.pids()[0];
-    // The script marks its start in its scratch directory (its cwd).
-    let marker = PathBuf::from(format!("/proc/{pid}/cwd/started"));
-    let script = "open('started', 'w').close()\nimport time\ntime.sleep(5)\nresult = 1";
+    let script = "open('/tmp/started', 'w').close()\nimport time\ntime.sleep(5)\nresult = 1";
     let job = invocation(script, json!({}), 10_000);
     let running = tokio::spawn({
         let pool = pool.clone();
         async move { pool.execute(&job).await }
     });
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !marker.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the script started");
+    common::wait_for_scratch_file(pid, "started").await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

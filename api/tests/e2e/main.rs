@@ -8,4 +8,5 @@ mod execution;
 mod functions;
 mod python;
 mod resilience;
+mod sandbox;
 mod support;

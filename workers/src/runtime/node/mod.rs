@@ -4,11 +4,17 @@
 //! exporting a handler.
 
 use super::{process::RunnerSpec, Instance, LaunchError, Launcher};
-use crate::supervisor::{resolve_program, ProcessSpec};
+use crate::{
+    sandbox::Sandbox,
+    supervisor::{resolve_program, ProcessSpec},
+};
 use futures::future::BoxFuture;
 use schemas::Language;
 
 const RUNNER_JS: &str = include_str!("runner.js");
+/// Memory a Node.js process needs beyond its V8 old space: the young
+/// generation, code, stacks and the runtime itself.
+const PROCESS_OVERHEAD_MB: u32 = 96;
 
 /// How to start Node.js processes.
 #[derive(Debug, Clone)]
@@ -19,6 +25,9 @@ pub struct NodeOptions {
     pub memory_mb: u32,
     /// Bound on a result, and separately on the logs of one job.
     pub max_output_bytes: usize,
+    /// Where the processes run; the process memory limit is `memory_mb`
+    /// plus what Node.js needs besides its heap.
+    pub sandbox: Sandbox,
 }
 
 impl Default for NodeOptions {
@@ -27,6 +36,7 @@ impl Default for NodeOptions {
             node_bin: "node".to_owned(),
             memory_mb: 128,
             max_output_bytes: 1024 * 1024,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -52,9 +62,12 @@ impl NodeLauncher {
                     program,
                     args,
                     label: Language::Nodejs.as_str(),
+                    memory_mb: options.memory_mb.saturating_add(PROCESS_OVERHEAD_MB),
+                    sandbox: options.sandbox.clone(),
                 },
                 Language::Nodejs,
                 options.max_output_bytes,
+                options.memory_mb,
             ),
         })
     }

@@ -4,7 +4,10 @@
 //! `handle(params)` or `lambda_handler(event, context)`.
 
 use super::{process::RunnerSpec, Instance, LaunchError, Launcher};
-use crate::supervisor::{resolve_program, ProcessSpec};
+use crate::{
+    sandbox::Sandbox,
+    supervisor::{resolve_program, ProcessSpec},
+};
 use futures::future::BoxFuture;
 use schemas::Language;
 use std::{
@@ -16,6 +19,10 @@ const RUNNER_PY: &str = include_str!("runner.py");
 /// Where a bare interpreter name is looked for before `PATH`: the system's
 /// Python, rather than a version manager's shim that costs a shell per spawn.
 const SYSTEM_BIN: &str = "/usr/bin";
+/// Memory the interpreter needs besides what a script allocates; with no
+/// per-script limit, the whole process gets `UNLIMITED_PROCESS_MB`.
+const PROCESS_OVERHEAD_MB: u32 = 64;
+const UNLIMITED_PROCESS_MB: u32 = 4096;
 /// Oldest Python the runner supports (top-level `await` needs 3.8).
 const MIN_VERSION: (u32, u32) = (3, 8);
 
@@ -29,6 +36,9 @@ pub struct PythonOptions {
     pub memory_mb: u32,
     /// Bound on a result, and separately on the logs of one job.
     pub max_output_bytes: usize,
+    /// Where the processes run; the sandbox limits the whole process to
+    /// `memory_mb` plus what the interpreter needs.
+    pub sandbox: Sandbox,
 }
 
 impl Default for PythonOptions {
@@ -37,6 +47,7 @@ impl Default for PythonOptions {
             python_bin: "python3".to_owned(),
             memory_mb: 128,
             max_output_bytes: 1024 * 1024,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -69,9 +80,15 @@ impl PythonLauncher {
                     program,
                     args,
                     label: Language::Python.as_str(),
+                    memory_mb: match options.memory_mb {
+                        0 => UNLIMITED_PROCESS_MB,
+                        mb => mb.saturating_add(PROCESS_OVERHEAD_MB),
+                    },
+                    sandbox: options.sandbox.clone(),
                 },
                 Language::Python,
                 options.max_output_bytes,
+                options.memory_mb,
             ),
         })
     }
