@@ -10,6 +10,7 @@
 //! - [`session`]: sessions in PostgreSQL behind the [`cache`] (Redis or in-process).
 //! - [`queue`]: publishes jobs and routes results back to waiting requests.
 //! - [`runtimes`]: which languages live workers serve, from their heartbeats.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
 
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod executions;
 pub mod extract;
+pub mod metrics;
 pub mod queue;
 pub mod routes;
 pub mod runtimes;
@@ -28,6 +30,7 @@ pub use config::Config;
 use anyhow::Context as _;
 use cache::Cache;
 use executions::ExecutionCounts;
+use metrics::Metrics;
 use queue::Queue;
 use runtimes::Runtimes;
 use schemas::Subjects;
@@ -49,6 +52,7 @@ pub struct AppState {
     pub runtimes: Runtimes,
     pub executions: ExecutionCounts,
     pub subjects: Subjects,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A built API, listening but not yet serving.
@@ -81,6 +85,8 @@ impl App {
         let runtimes = Runtimes::follow(&nats, &subjects, &tracker, background.clone()).await?;
         let executions = ExecutionCounts::default();
         executions.spawn_writer(db.clone(), &tracker, background.clone());
+        let metrics = Arc::new(Metrics::new());
+        metrics.spawn_refresher(db.clone(), queue.clone(), &tracker, background.clone());
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
@@ -92,6 +98,7 @@ impl App {
             runtimes,
             executions,
             subjects,
+            metrics,
         };
         Ok(Self {
             listener,

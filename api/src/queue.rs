@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use async_nats::{jetstream, HeaderMap};
 use futures::StreamExt;
-use schemas::{codec, ErrorCode, Job, JobResult, Subjects};
+use schemas::{codec, ErrorCode, Job, JobResult, Language, Subjects};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -103,10 +103,41 @@ impl Queue {
         }
     }
 
+    /// Where the consumer of `language`'s workers stands, if it exists.
+    pub async fn consumer_stats(&self, language: Language) -> Option<ConsumerStats> {
+        let info = self
+            .js
+            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                self.subjects.worker_consumer(language),
+                self.subjects.jobs_stream(),
+            )
+            .await
+            .ok()?
+            .cached_info()
+            .clone();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Some(ConsumerStats {
+            pending: count(info.num_pending),
+            ack_pending: count(info.num_ack_pending as u64),
+            redelivered: count(info.num_redelivered as u64),
+        })
+    }
+
     /// Whether the NATS connection is up.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+}
+
+/// Jobs of one language in JetStream.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerStats {
+    /// Waiting for a worker.
+    pub pending: i64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: i64,
+    /// Delivered more than once, not yet acknowledged.
+    pub redelivered: i64,
 }
 
 fn queue_refused(err: impl std::fmt::Display) -> ApiError {

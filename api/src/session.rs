@@ -1,7 +1,7 @@
 //! Sessions: a script, its context and its limits, created by `initialize` and
 //! run by `execute`. Stored in PostgreSQL, read through the cache.
 
-use crate::{cache::Cache, error::ApiError};
+use crate::{cache::Cache, error::ApiError, metrics::Metrics};
 use chrono::{DateTime, Utc};
 use schemas::{codec, Language};
 use serde::{Deserialize, Serialize};
@@ -40,15 +40,18 @@ fn cache_key(prefix: &str, id: Uuid) -> String {
 pub async fn load(
     db: &PgPool,
     cache: &Cache,
+    metrics: &Metrics,
     prefix: &str,
     id: Uuid,
 ) -> Result<Option<Session>, ApiError> {
     let key = cache_key(prefix, id);
     if let Some(bytes) = cache.get(&key).await {
         if let Ok(session) = codec::decode::<Session>(&bytes) {
+            metrics.cache_lookup("session", true);
             return Ok(Some(session));
         }
     }
+    metrics.cache_lookup("session", false);
     let Some(session) = select(db, id).await? else {
         return Ok(None);
     };

@@ -57,9 +57,15 @@ async fn execute(
             ))
         }
     };
-    let session = session::load(&state.db, &state.cache, state.subjects.prefix(), id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
+    let session = session::load(
+        &state.db,
+        &state.cache,
+        &state.metrics,
+        state.subjects.prefix(),
+        id,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
     if !session.is_active(Utc::now()) {
         return Err(ApiError::not_found(format!(
             "session {request_id} has expired"
@@ -90,6 +96,10 @@ async fn execute(
     };
     let result = state.queue.execute(job, wait).await?;
     state.executions.record(session.request_id, Utc::now());
+    let outcome = result.error.as_ref().map_or("ok", |e| e.code.as_str());
+    state
+        .metrics
+        .execution(session.language, outcome, result.execution_time_ms / 1000.0);
 
     if let Some(error) = result.error {
         return Err(error.into());

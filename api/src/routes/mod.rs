@@ -17,6 +17,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_size;
     Router::new()
         .merge(health::router())
+        .route("/metrics", axum::routing::get(crate::metrics::serve))
         .nest(
             "/api/v1",
             Router::new()
@@ -33,6 +34,10 @@ pub fn router(state: AppState) -> Router {
         })
         // Bodies over the limit are refused by the extractor, as JSON (413).
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }

@@ -147,6 +147,7 @@ async fn initialize(
     .await?;
     tx.commit().await?;
 
+    state.metrics.session_created(language);
     session::remember(&state.cache, state.subjects.prefix(), &session).await;
     Ok(Json(json!({
         "request_id": session.request_id,

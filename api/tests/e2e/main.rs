@@ -6,6 +6,7 @@
 mod errors;
 mod execution;
 mod functions;
+mod metrics;
 mod python;
 mod resilience;
 mod sandbox;

@@ -1,0 +1,260 @@
+//! The API's Prometheus metrics, served at `GET /metrics`.
+//!
+//! Request counts and latencies come from a middleware (labelled by route
+//! template, never by a raw path); execution outcomes and times from
+//! `execute`; queue depth and pending acks per language from JetStream and
+//! active sessions from PostgreSQL, refreshed in the background; runtime
+//! capacity and load from worker heartbeats, read at scrape time. Every label
+//! value is bounded: routes, methods, status codes, languages, error codes.
+
+use crate::{queue::Queue, runtimes::Runtimes};
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::header,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use schemas::Language;
+use sqlx::PgPool;
+use std::{sync::Arc, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Seconds, from 100 µs to 60 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every series of this process.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    executions: IntCounterVec,
+    execution_duration: HistogramVec,
+    sessions_created: IntCounterVec,
+    active_sessions: IntGauge,
+    queue_depth: IntGaugeVec,
+    queue_pending_acks: IntGaugeVec,
+    queue_redelivered: IntGaugeVec,
+    runtime_capacity: IntGaugeVec,
+    runtime_busy: IntGaugeVec,
+    cache_lookups: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("lambda".into()), None).expect("valid prefix");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique gauge");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique histogram");
+            h
+        };
+        let active_sessions =
+            IntGauge::new("active_sessions", "Sessions not expired").expect("valid gauge");
+        registry
+            .register(Box::new(active_sessions.clone()))
+            .expect("unique gauge");
+        Self {
+            http_requests: counter(
+                "http_requests_total",
+                "HTTP requests by route template, method and status",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                "http_request_duration_seconds",
+                "HTTP request latency by route template",
+                &["route"],
+            ),
+            executions: counter(
+                "executions_total",
+                "Executions answered by a worker, by language and outcome (ok or an error code)",
+                &["language", "outcome"],
+            ),
+            execution_duration: histogram(
+                "execution_duration_seconds",
+                "Time scripts ran, as measured by the worker, by language",
+                &["language"],
+            ),
+            sessions_created: counter(
+                "sessions_created_total",
+                "Sessions created by initialize, by language",
+                &["language"],
+            ),
+            active_sessions,
+            queue_depth: gauge(
+                "queue_depth",
+                "Jobs waiting in JetStream for a worker, by language",
+                &["language"],
+            ),
+            queue_pending_acks: gauge(
+                "queue_pending_acks",
+                "Jobs delivered to a worker and not yet acknowledged, by language",
+                &["language"],
+            ),
+            queue_redelivered: gauge(
+                "queue_redelivered",
+                "Jobs delivered more than once and not yet acknowledged, by language",
+                &["language"],
+            ),
+            runtime_capacity: gauge(
+                "runtime_capacity",
+                "Jobs live workers can run at once, by language",
+                &["language"],
+            ),
+            runtime_busy: gauge(
+                "runtime_busy",
+                "Jobs running now, by language",
+                &["language"],
+            ),
+            cache_lookups: counter(
+                "cache_lookups_total",
+                "Cache lookups by cache and result (hit or miss)",
+                &["cache", "result"],
+            ),
+            registry,
+        }
+    }
+
+    /// Counts an execution a worker answered.
+    pub fn execution(&self, language: Language, outcome: &str, seconds: f64) {
+        let language = language.as_str();
+        self.executions
+            .with_label_values(&[language, outcome])
+            .inc();
+        self.execution_duration
+            .with_label_values(&[language])
+            .observe(seconds);
+    }
+
+    pub fn session_created(&self, language: Language) {
+        self.sessions_created
+            .with_label_values(&[language.as_str()])
+            .inc();
+    }
+
+    /// Counts a lookup in `cache` (`session`, `result`).
+    pub fn cache_lookup(&self, cache: &str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups.with_label_values(&[cache, result]).inc();
+    }
+
+    /// Refreshes the queue and session gauges until `shutdown`.
+    pub fn spawn_refresher(
+        self: &Arc<Self>,
+        db: PgPool,
+        queue: Queue,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let metrics = Arc::clone(self);
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(REFRESH_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                metrics.refresh(&db, &queue).await;
+            }
+        });
+    }
+
+    async fn refresh(&self, db: &PgPool, queue: &Queue) {
+        let active = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM sessions WHERE retain OR expires_at > now()",
+        )
+        .fetch_one(db)
+        .await;
+        match active {
+            Ok(n) => self.active_sessions.set(n),
+            Err(err) => tracing::debug!(error = %err, "active sessions not counted"),
+        }
+        for language in Language::ALL {
+            if let Some(stats) = queue.consumer_stats(language).await {
+                let label = [language.as_str()];
+                self.queue_depth
+                    .with_label_values(&label)
+                    .set(stats.pending);
+                self.queue_pending_acks
+                    .with_label_values(&label)
+                    .set(stats.ack_pending);
+                self.queue_redelivered
+                    .with_label_values(&label)
+                    .set(stats.redelivered);
+            }
+        }
+    }
+
+    /// The text exposition, with the runtime gauges as of now.
+    fn render(&self, runtimes: &Runtimes) -> String {
+        for (language, summary) in runtimes.summary() {
+            let label = [language.as_str()];
+            self.runtime_capacity
+                .with_label_values(&label)
+                .set(i64::from(summary.capacity));
+            self.runtime_busy
+                .with_label_values(&label)
+                .set(i64::from(summary.busy));
+        }
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn serve(State(state): State<crate::AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&state.runtimes),
+    )
+        .into_response()
+}
+
+/// Counts every request by its route template and times it.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .http_duration
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
