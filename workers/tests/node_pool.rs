@@ -3,12 +3,14 @@
 
 mod common;
 
+use common::{error_details, result, run};
+
 use schemas::{ErrorCode, Language};
 use serde_json::{json, Value};
 use std::time::Duration;
 use workers::runtime::{
     node::{NodeLauncher, NodeOptions},
-    Execution, Invocation, Pool,
+    Invocation, Pool,
 };
 
 async fn pool(size: usize) -> Pool {
@@ -19,30 +21,7 @@ async fn pool(size: usize) -> Pool {
 }
 
 fn invocation(script: &str, params: Value, timeout_ms: u64) -> Invocation {
-    Invocation::new(
-        Language::Nodejs,
-        script.to_owned(),
-        params.to_string(),
-        json!({"env": "test"}).to_string(),
-        Duration::from_millis(timeout_ms),
-    )
-    .unwrap()
-}
-
-async fn run(pool: &Pool, script: &str, params: Value) -> Execution {
-    pool.execute(&invocation(script, params, 10_000))
-        .await
-        .unwrap()
-}
-
-fn result(execution: &Execution) -> Value {
-    let json = execution.outcome.as_ref().expect("the script succeeded");
-    serde_json::from_str(json).unwrap()
-}
-
-fn error_details(execution: &Execution) -> Value {
-    let error = execution.outcome.as_ref().expect_err("the script failed");
-    serde_json::from_str(error.details_json.as_deref().unwrap()).unwrap()
+    common::invocation(Language::Nodejs, script, params, timeout_ms)
 }
 
 /// Waits until the pool is back to `size` processes.

@@ -2,7 +2,40 @@
 // Each test binary uses some of these; helpers are `pub` across its modules.
 #![allow(dead_code, unreachable_pub)]
 
+use schemas::Language;
+use serde_json::{json, Value};
 use std::{path::Path, time::Duration};
+use workers::runtime::{Execution, Invocation, Pool};
+
+/// A job of `language` with a test context, as the worker would build it.
+pub fn invocation(language: Language, script: &str, params: Value, timeout_ms: u64) -> Invocation {
+    Invocation::new(
+        language,
+        script.to_owned(),
+        params.to_string(),
+        json!({"env": "test"}).to_string(),
+        Duration::from_millis(timeout_ms),
+    )
+    .unwrap()
+}
+
+/// Runs `script` with a 10 s timeout on `pool`.
+pub async fn run(pool: &Pool, script: &str, params: Value) -> Execution {
+    let invocation = invocation(pool.language(), script, params, 10_000);
+    pool.execute(&invocation).await.unwrap()
+}
+
+/// The result of a job that must have succeeded.
+pub fn result(execution: &Execution) -> Value {
+    let json = execution.outcome.as_ref().expect("the script succeeded");
+    serde_json::from_str(json).unwrap()
+}
+
+/// The details of a job that must have failed.
+pub fn error_details(execution: &Execution) -> Value {
+    let error = execution.outcome.as_ref().expect_err("the script failed");
+    serde_json::from_str(error.details_json.as_deref().unwrap()).unwrap()
+}
 
 /// `pid` and every process below it.
 pub fn descendants(pid: u32) -> Vec<u32> {
