@@ -4,10 +4,13 @@
 //! Backpressure: a free instance is reserved before a message is pulled, so
 //! no job waits in this process while its ack timer runs.
 
-use crate::runtime::{Execution, Invocation, Pool, Reservation, RuntimeError};
+use crate::{
+    cancel::Cancellations,
+    runtime::{Execution, Invocation, Pool, Reservation, RuntimeError},
+};
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
-use schemas::{codec, Job, JobResult};
+use schemas::{codec, Job, JobEvent, JobResult, Subjects};
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -54,10 +57,20 @@ pub(crate) struct JobRunner {
     pub(crate) worker_id: Arc<str>,
     /// Timeout of a job that sets none.
     pub(crate) default_timeout: Duration,
+    pub(crate) subjects: Subjects,
+    /// Asynchronous jobs running here, and those cancelled before they came.
+    pub(crate) cancels: Cancellations,
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
 pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: CancellationToken) {
+    let followed = runner
+        .cancels
+        .follow(&runner.client, runner.subjects.cancel(), shutdown.clone())
+        .await;
+    if let Err(e) = followed {
+        tracing::warn!(error = %e, "not following job cancellations");
+    }
     let runner = Arc::new(runner);
     let jobs = TaskTracker::new();
     loop {
@@ -166,6 +179,16 @@ impl JobRunner {
             };
             timeout = timeout.min(Duration::from_millis(left));
         }
+        let running = if job.report_events {
+            let Some(running) = self.cancels.start(job.job_id) else {
+                tracing::debug!("cancelled before it started; skipped");
+                return Disposition::Ack;
+            };
+            self.report_started(message, job.job_id).await;
+            Some(running)
+        } else {
+            None
+        };
         let invocation = Invocation::new(
             self.pool.language(),
             job.script,
@@ -176,7 +199,18 @@ impl JobRunner {
         let mut result = match invocation {
             Err(error) => JobResult::failure(job.job_id, error, 0.0, Vec::new()),
             Ok(invocation) => {
-                match with_progress(message, reservation.execute(&invocation)).await {
+                let run = with_progress(message, reservation.execute(&invocation));
+                let outcome = match &running {
+                    None => run.await,
+                    Some(running) => tokio::select! {
+                        outcome = run => outcome,
+                        () = running.cancelled() => {
+                            tracing::debug!("cancelled while running; its instance is replaced");
+                            return Disposition::Ack;
+                        }
+                    },
+                };
+                match outcome {
                     Ok(execution) => job_result(job.job_id, execution),
                     Err(e) => {
                         tracing::warn!(error = %e, "job not run; it will be retried");
@@ -186,6 +220,9 @@ impl JobRunner {
             }
         };
         result.worker_id = self.worker_id.to_string();
+        if job.report_events {
+            return self.report_finished(message, result).await;
+        }
         let Some(reply_to) = job.reply_to else {
             return Disposition::Ack;
         };
@@ -204,6 +241,68 @@ impl JobRunner {
             }
         }
     }
+}
+
+impl JobRunner {
+    /// Tells the dispatcher an asynchronous job started; best effort, since
+    /// the result alone also completes the job.
+    async fn report_started(&self, message: &jetstream::Message, job_id: uuid::Uuid) {
+        let event = JobEvent {
+            job_id,
+            attempt: delivery(message),
+            worker_id: self.worker_id.to_string(),
+            result: None,
+        };
+        let published = match codec::encode(&event) {
+            Ok(payload) => jetstream::new(self.client.clone())
+                .publish(self.subjects.events(self.pool.language()), payload.into())
+                .await
+                .map(drop),
+            Err(e) => return tracing::error!(error = %e, "encoding a started event"),
+        };
+        if let Err(e) = published {
+            tracing::debug!(error = %e, "started event not sent");
+        }
+    }
+
+    /// Stores an asynchronous job's result on the events stream; the job is
+    /// acknowledged only once JetStream has it, so a result is never lost.
+    async fn report_finished(&self, message: &jetstream::Message, result: JobResult) -> Disposition {
+        let event = JobEvent {
+            job_id: result.job_id,
+            attempt: delivery(message),
+            worker_id: self.worker_id.to_string(),
+            result: Some(result),
+        };
+        let payload = match codec::encode(&event) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a result");
+                return Disposition::Term;
+            }
+        };
+        let js = jetstream::new(self.client.clone());
+        let subject = self.subjects.events(self.pool.language());
+        let stored = match js.publish(subject, payload.into()).await {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "storing a result; the job will be retried");
+                Disposition::Retry { after: RETRY_AFTER }
+            }
+        }
+    }
+}
+
+/// JetStream's delivery count of `message` (1 on the first delivery).
+fn delivery(message: &jetstream::Message) -> u32 {
+    message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1)
 }
 
 /// Awaits `run`, telling JetStream every [`PROGRESS_EVERY`] that the job is

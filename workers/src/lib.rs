@@ -4,11 +4,13 @@
 //!
 //! - [`App`] (`app`): built from a [`Config`], runs until cancelled.
 //! - `consumer`: the pull loop and what becomes of each job message.
+//! - `cancel`: stops or skips asynchronous jobs cancelled through the API.
 //! - `heartbeat`: announces the worker's runtimes and load.
 //! - [`runtime`]: the pool of warm instances and the Node.js runtime.
 //! - `supervisor`: starting, watching and stopping runtime processes.
 
 mod app;
+mod cancel;
 mod config;
 mod consumer;
 mod heartbeat;

@@ -87,6 +87,7 @@ async fn execute(
         memory_mb: session.memory_mb,
         deadline_ms: unix_ms() + wait.as_millis() as u64,
         reply_to: None,
+        report_events: false,
     };
     let result = state.queue.execute(job, wait).await?;
     state.executions.record(session.request_id, Utc::now());
