@@ -9,6 +9,7 @@
 //! - [`session`]: sessions in PostgreSQL behind the [`cache`] (Redis or in-process).
 //! - [`queue`]: publishes jobs and routes results back to waiting requests.
 //! - [`runtimes`]: which languages live workers serve, from their heartbeats.
+//! - [`jobs`]: asynchronous jobs, committed to PostgreSQL before `202` and then published.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod executions;
 pub mod extract;
+pub mod jobs;
 pub mod queue;
 pub mod routes;
 pub mod runtimes;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub runtimes: Runtimes,
     pub executions: ExecutionCounts,
     pub subjects: Subjects,
+    /// The NATS connection, for publishing asynchronous jobs and cancellations.
+    pub nats: async_nats::Client,
 }
 
 /// A built API, listening but not yet serving.
@@ -86,6 +90,7 @@ impl App {
             runtimes,
             executions,
             subjects,
+            nats,
         };
         Ok(Self {
             listener,

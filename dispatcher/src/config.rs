@@ -28,6 +28,19 @@ pub struct Config {
     /// How often expired sessions are looked for.
     #[arg(long, env = "REAP_INTERVAL_SECONDS", default_value_t = 60)]
     pub reap_interval_seconds: u64,
+
+    /// Most job events recorded in one database statement.
+    #[arg(long, env = "EVENTS_BATCH", default_value_t = 500)]
+    pub events_batch: usize,
+
+    /// How often the sweeper looks for stuck jobs, in milliseconds.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 5000)]
+    pub sweep_interval_ms: u64,
+
+    /// How long a queued job (or a running one, past its timeout) may see no
+    /// progress before the sweeper checks on it.
+    #[arg(long, env = "SWEEP_AFTER_SECONDS", default_value_t = 60)]
+    pub sweep_after_seconds: u64,
 }
 
 impl Config {

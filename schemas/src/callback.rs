@@ -95,7 +95,13 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 9000));
         let t = CallbackTarget::parse("http://[::1]:81/x").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 81));
-        for bad in ["ftp://x", "http://", "http://u:p@host/", "http://h:99999/", "x"] {
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://u:p@host/",
+            "http://h:99999/",
+            "x",
+        ] {
             assert!(CallbackTarget::parse(bad).is_err(), "{bad}");
         }
     }
@@ -103,8 +109,17 @@ mod tests {
     #[test]
     fn private_addresses_are_not_public() {
         for private in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-            "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }

@@ -107,12 +107,18 @@ mod tests {
             worker_id: "w".into(),
             result: None,
         };
-        assert_eq!(decode::<JobEvent>(&encode(&started).unwrap()).unwrap(), started);
+        assert_eq!(
+            decode::<JobEvent>(&encode(&started).unwrap()).unwrap(),
+            started
+        );
         let finished = JobEvent {
             result: Some(JobResult::success(started.job_id, "8".into(), 1.5, vec![])),
             ..started
         };
-        assert_eq!(decode::<JobEvent>(&encode(&finished).unwrap()).unwrap(), finished);
+        assert_eq!(
+            decode::<JobEvent>(&encode(&finished).unwrap()).unwrap(),
+            finished
+        );
     }
 
     #[test]
@@ -127,7 +133,8 @@ mod tests {
         let id = Uuid::nil();
         let timeout = JobResult::failure(id, JobError::new(ErrorCode::Timeout, "t"), 1.0, vec![]);
         assert_eq!(JobStatus::of_result(&timeout), JobStatus::TimedOut);
-        let thrown = JobResult::failure(id, JobError::new(ErrorCode::RuntimeError, "x"), 1.0, vec![]);
+        let thrown =
+            JobResult::failure(id, JobError::new(ErrorCode::RuntimeError, "x"), 1.0, vec![]);
         assert_eq!(JobStatus::of_result(&thrown), JobStatus::Failed);
         let ok = JobResult::success(id, "1".into(), 1.0, vec![]);
         assert_eq!(JobStatus::of_result(&ok), JobStatus::Succeeded);

@@ -74,11 +74,7 @@ pub async fn ensure_events_consumer(
         .with_context(|| format!("creating consumer {name}"))
 }
 
-fn stream_config(
-    def: &StreamDef,
-    name: String,
-    subject: String,
-) -> anyhow::Result<stream::Config> {
+fn stream_config(def: &StreamDef, name: String, subject: String) -> anyhow::Result<stream::Config> {
     let retention = match def.retention.as_str() {
         "workqueue" => stream::RetentionPolicy::WorkQueue,
         "limits" => stream::RetentionPolicy::Limits,

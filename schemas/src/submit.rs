@@ -61,7 +61,10 @@ mod tests {
         assert_eq!(request.params, Some(json!({"a": 1})));
         assert_eq!(request.job_id, None);
         let packed = crate::codec::encode(&request).unwrap();
-        assert_eq!(crate::codec::decode::<SubmitRequest>(&packed).unwrap(), request);
+        assert_eq!(
+            crate::codec::decode::<SubmitRequest>(&packed).unwrap(),
+            request
+        );
         assert!(serde_json::from_value::<SubmitRequest>(json!({"parms": {}})).is_err());
     }
 
@@ -84,6 +87,9 @@ mod tests {
         };
         let value = serde_json::to_value(&refused).unwrap();
         assert_eq!(value["error"]["code"], "NOT_FOUND");
-        assert_eq!(serde_json::from_value::<SubmitReply>(value).unwrap(), refused);
+        assert_eq!(
+            serde_json::from_value::<SubmitReply>(value).unwrap(),
+            refused
+        );
     }
 }

@@ -121,6 +121,9 @@ mod tests {
         assert!(cancels.start(id).is_none(), "a cancelled job is skipped");
         let other = Uuid::now_v7();
         drop(cancels.start(other).expect("runs"));
-        assert!(cancels.start(other).is_some(), "a finished job is forgotten");
+        assert!(
+            cancels.start(other).is_some(),
+            "a finished job is forgotten"
+        );
     }
 }

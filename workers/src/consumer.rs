@@ -267,7 +267,11 @@ impl JobRunner {
 
     /// Stores an asynchronous job's result on the events stream; the job is
     /// acknowledged only once JetStream has it, so a result is never lost.
-    async fn report_finished(&self, message: &jetstream::Message, result: JobResult) -> Disposition {
+    async fn report_finished(
+        &self,
+        message: &jetstream::Message,
+        result: JobResult,
+    ) -> Disposition {
         let event = JobEvent {
             job_id: result.job_id,
             attempt: delivery(message),

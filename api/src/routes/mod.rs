@@ -2,6 +2,7 @@
 
 mod execute;
 mod health;
+mod jobs;
 mod sessions;
 
 use crate::{error::ApiError, AppState};
@@ -20,7 +21,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1",
             Router::new()
                 .merge(sessions::router())
-                .merge(execute::router()),
+                .merge(execute::router())
+                .merge(jobs::router()),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

@@ -5,5 +5,6 @@
 
 mod errors;
 mod execution;
+mod jobs;
 mod resilience;
 mod support;

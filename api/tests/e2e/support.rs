@@ -29,6 +29,8 @@ pub struct Options {
     pub worker: bool,
     pub session_expiry_seconds: u64,
     pub max_script_size: usize,
+    /// Accept callback URLs on this machine (`CALLBACK_ALLOW_PRIVATE`).
+    pub callback_allow_private: bool,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             worker: true,
             session_expiry_seconds: 3600,
             max_script_size: 1024 * 1024,
+            callback_allow_private: true,
         }
     }
 }
@@ -46,10 +49,11 @@ pub struct Stack {
     pub base: String,
     pub http: reqwest::Client,
     pub worker: Option<workers::AppHandle>,
+    pub database_url: String,
+    pub prefix: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     db_name: String,
-    prefix: String,
 }
 
 impl Stack {
@@ -81,6 +85,7 @@ impl Stack {
         config.session_expiry_seconds = options.session_expiry_seconds;
         config.max_script_size = options.max_script_size;
         config.queue_wait_ms = 3000;
+        config.callback_allow_private = options.callback_allow_private;
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
@@ -89,7 +94,7 @@ impl Stack {
         }));
 
         let mut dconfig = dispatcher::Config::from_defaults();
-        dconfig.database_url = database_url;
+        dconfig.database_url = database_url.clone();
         dconfig.nats_url = nats_url();
         dconfig.nats_prefix = prefix.clone();
         let dispatcher = dispatcher::App::build(dconfig)
@@ -118,10 +123,11 @@ impl Stack {
             base,
             http: reqwest::Client::new(),
             worker,
+            database_url,
+            prefix,
             shutdown,
             tasks,
             db_name,
-            prefix,
         };
         if options.worker {
             stack
@@ -170,6 +176,50 @@ impl Stack {
             request = request.header(*name, *value);
         }
         read(request.send().await.expect("POST")).await
+    }
+
+    /// POSTs a JSON body with extra headers.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.post_raw(path, &all, body.to_string()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        read(response).await
+    }
+
+    /// Polls a job until `check` holds (`within` at most); returns its record.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, job) = self.get(&format!("/api/v1/jobs/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{job}");
+            if check(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job never got there: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `initialize` with a Language-Title, a script and a context.
@@ -231,9 +281,9 @@ impl Stack {
         .expect("drop test database");
         let client = async_nats::connect(nats_url()).await.expect("nats");
         let js = async_nats::jetstream::new(client);
-        let _ = js
-            .delete_stream(Subjects::new(&self.prefix).jobs_stream())
-            .await;
+        let subjects = Subjects::new(&self.prefix);
+        let _ = js.delete_stream(subjects.jobs_stream()).await;
+        let _ = js.delete_stream(subjects.events_stream()).await;
     }
 }
 
