@@ -41,6 +41,27 @@ pub struct Config {
     /// progress before the sweeper checks on it.
     #[arg(long, env = "SWEEP_AFTER_SECONDS", default_value_t = 60)]
     pub sweep_after_seconds: u64,
+
+    /// Timeout of a submitted job whose context names none.
+    #[arg(long, env = "RUNTIME_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub runtime_timeout_seconds: u64,
+
+    /// The longest `timeout_ms` a submitted job's context may ask for.
+    #[arg(long, env = "MAX_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub max_timeout_seconds: u64,
+
+    /// Memory limit of a submitted job whose context names none.
+    #[arg(long, env = "RUNTIME_MEMORY_MB", default_value_t = 128)]
+    pub runtime_memory_mb: u32,
+
+    /// The largest `memory_mb` a submitted job's context may ask for.
+    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 1024)]
+    pub max_memory_mb: u32,
+
+    /// Accept callback URLs that resolve to private, loopback or link-local
+    /// addresses (local development only).
+    #[arg(long, env = "CALLBACK_ALLOW_PRIVATE", default_value_t = false)]
+    pub callback_allow_private: bool,
 }
 
 impl Config {

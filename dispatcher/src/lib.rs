@@ -7,6 +7,7 @@
 //! - [`sweeper`]: republishes jobs whose message was lost ([`publish`]) and
 //!   buries those JetStream gave up on.
 //! - [`dead`]: follows JetStream's max-deliveries advisories: those jobs are `dead`.
+//! - [`submit`]: jobs producers publish straight onto `<prefix>.submit.<language_title>`.
 //! - [`reaper`]: removes sessions that expired longer ago than the retention.
 //!
 //! Build with [`App::build`], serve with [`App::run`]; every loop has a
@@ -18,6 +19,7 @@ pub mod events;
 pub mod publish;
 pub mod reaper;
 pub mod records;
+pub mod submit;
 pub mod sweeper;
 
 pub use config::Config;
@@ -30,6 +32,7 @@ use futures::StreamExt;
 use schemas::Subjects;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use std::time::Duration;
+use submit::Submissions;
 use sweeper::Sweeper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -116,6 +119,24 @@ impl App {
         }
     }
 
+    /// The handler of direct submissions.
+    pub fn submissions(&self) -> Submissions {
+        let c = &self.config;
+        Submissions {
+            db: self.db.clone(),
+            js: self.js.clone(),
+            client: self.client.clone(),
+            subjects: self.subjects.clone(),
+            limits: submit::Limits {
+                default_timeout_ms: c.runtime_timeout_seconds * 1000,
+                max_timeout_ms: c.max_timeout_seconds * 1000,
+                default_memory_mb: c.runtime_memory_mb,
+                max_memory_mb: c.max_memory_mb,
+            },
+            callback_allow_private: c.callback_allow_private,
+        }
+    }
+
     /// Runs every loop until `shutdown`, then waits (bounded) for them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("dispatcher running");
@@ -134,6 +155,15 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        let submissions = self
+            .client
+            .queue_subscribe(self.subjects.all_submit(), submit::QUEUE_GROUP.into())
+            .await?;
+        tracker.spawn(serve_submissions(
+            self.submissions(),
+            submissions,
+            shutdown.clone(),
+        ));
         tracker.spawn(reap(self.db.clone(), self.config.clone(), shutdown.clone()));
         tracker.close();
         tracker.wait().await;
@@ -190,6 +220,24 @@ async fn follow_dead_letters(
             tracing::warn!(error = %e, "max-deliveries advisory not handled; the sweeper will");
         }
     }
+}
+
+async fn serve_submissions(
+    submissions: Submissions,
+    mut messages: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    let running = TaskTracker::new();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = messages.next() => match message { Some(m) => m, None => break },
+        };
+        let submissions = submissions.clone();
+        running.spawn(async move { submissions.handle(&message).await });
+    }
+    running.close();
+    running.wait().await;
 }
 
 async fn reap(db: PgPool, config: Config, shutdown: CancellationToken) {
