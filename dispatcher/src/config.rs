@@ -62,6 +62,20 @@ pub struct Config {
     /// addresses (local development only).
     #[arg(long, env = "CALLBACK_ALLOW_PRIVATE", default_value_t = false)]
     pub callback_allow_private: bool,
+
+    /// Key of the `X-Lambda-Signature` HMAC on callbacks; unset, callbacks
+    /// go unsigned.
+    #[arg(long, env = "CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<String>,
+
+    /// First pause between callback attempts, in milliseconds; it doubles
+    /// (with jitter) up to a minute.
+    #[arg(long, env = "CALLBACK_BACKOFF_MS", default_value_t = 500)]
+    pub callback_backoff_ms: u64,
+
+    /// How long one callback is retried before it is given up.
+    #[arg(long, env = "CALLBACK_RETRY_SECONDS", default_value_t = 3600)]
+    pub callback_retry_seconds: u64,
 }
 
 impl Config {

@@ -7,12 +7,14 @@
 //! - [`sweeper`]: republishes jobs whose message was lost ([`publish`]) and
 //!   buries those JetStream gave up on.
 //! - [`dead`]: follows JetStream's max-deliveries advisories: those jobs are `dead`.
+//! - [`callbacks`]: POSTs terminal records to callback URLs, signed, with retries.
 //! - [`submit`]: jobs producers publish straight onto `<prefix>.submit.<language_title>`.
 //! - [`reaper`]: removes sessions that expired longer ago than the retention.
 //!
 //! Build with [`App::build`], serve with [`App::run`]; every loop has a
 //! one-step function (`process_next`, `sweep_once`, `handle_advisory`) tests drive.
 
+pub mod callbacks;
 pub mod config;
 pub mod dead;
 pub mod events;
@@ -26,6 +28,7 @@ pub use config::Config;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use callbacks::Callbacks;
 use dead::DeadLetters;
 use events::EventRecorder;
 use futures::StreamExt;
@@ -38,6 +41,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long one pull for events waits.
 const EVENTS_WAIT: Duration = Duration::from_millis(500);
+/// Most callbacks being delivered at once.
+const MAX_DELIVERIES: usize = 256;
 
 /// A connected dispatcher.
 pub struct App {
@@ -137,6 +142,17 @@ impl App {
         }
     }
 
+    /// The callback deliverer.
+    pub fn callbacks(&self) -> anyhow::Result<Callbacks> {
+        Ok(Callbacks {
+            db: self.db.clone(),
+            http: Callbacks::client()?,
+            secret: self.config.callback_secret.clone().map(String::into_bytes),
+            first_backoff: Duration::from_millis(self.config.callback_backoff_ms.max(1)),
+            give_up_after: Duration::from_secs(self.config.callback_retry_seconds),
+        })
+    }
+
     /// Runs every loop until `shutdown`, then waits (bounded) for them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("dispatcher running");
@@ -164,6 +180,10 @@ impl App {
             submissions,
             shutdown.clone(),
         ));
+        if self.config.callback_secret.is_none() {
+            tracing::warn!("CALLBACK_SECRET is not set: callbacks are sent unsigned");
+        }
+        tracker.spawn(deliver_callbacks(self.callbacks()?, shutdown.clone()));
         tracker.spawn(reap(self.db.clone(), self.config.clone(), shutdown.clone()));
         tracker.close();
         tracker.wait().await;
@@ -238,6 +258,40 @@ async fn serve_submissions(
     }
     running.close();
     running.wait().await;
+}
+
+async fn deliver_callbacks(callbacks: Callbacks, shutdown: CancellationToken) {
+    let deliveries = TaskTracker::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if deliveries.len() >= MAX_DELIVERIES {
+            continue;
+        }
+        match callbacks.claim_due().await {
+            Ok(due) => {
+                for due in due {
+                    let callbacks = callbacks.clone();
+                    let stop = shutdown.clone();
+                    // Cut short at shutdown and released, so that another
+                    // dispatcher (or this one, restarted) delivers it.
+                    deliveries.spawn(async move {
+                        let job_id = due.job_id;
+                        tokio::select! {
+                            () = stop.cancelled() => callbacks.release(job_id).await,
+                            _ = callbacks.deliver(due) => {}
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming callbacks failed; will retry"),
+        }
+    }
+    deliveries.close();
+    deliveries.wait().await;
 }
 
 async fn reap(db: PgPool, config: Config, shutdown: CancellationToken) {
