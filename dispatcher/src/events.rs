@@ -7,12 +7,15 @@
 //! status guards make reapplying them harmless.
 
 use crate::records::{self, Terminal};
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use schemas::{codec, JobEvent, Subjects};
 use sqlx::PgPool;
 use std::{collections::HashMap, time::Duration};
 use uuid::Uuid;
+
+/// When events that could not be recorded are delivered again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Records job events; drive it with [`EventRecorder::process_next`].
 pub struct EventRecorder {
@@ -42,8 +45,8 @@ impl EventRecorder {
 
     /// Pulls up to one batch of events (waiting at most `wait` for the
     /// first), records them and acknowledges them; returns how many it took.
-    /// On a database error the events are left unacknowledged (and are
-    /// redelivered) and the error is returned.
+    /// On a database error the events are given back (redelivered after a
+    /// second) and the error is returned.
     pub async fn process_next(&self, wait: Duration) -> anyhow::Result<usize> {
         let mut messages = self
             .consumer
@@ -69,7 +72,12 @@ impl EventRecorder {
                 }
             })
             .collect();
-        self.apply(events).await?;
+        if let Err(e) = self.apply(events).await {
+            for message in &batch {
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
+            }
+            return Err(e);
+        }
         for message in &batch {
             if let Err(e) = message.ack().await {
                 tracing::debug!(error = %e, "acknowledging an event");

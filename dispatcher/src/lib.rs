@@ -193,12 +193,10 @@ impl App {
 
 async fn record_events(recorder: EventRecorder, shutdown: CancellationToken) {
     let mut failures = 0u32;
-    loop {
-        let step = tokio::select! {
-            () = shutdown.cancelled() => break,
-            step = recorder.process_next(EVENTS_WAIT) => step,
-        };
-        match step {
+    // A step is never cut short: events it took are recorded and acknowledged
+    // (or given back) before the loop stops.
+    while !shutdown.is_cancelled() {
+        match recorder.process_next(EVENTS_WAIT).await {
             Ok(_) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);

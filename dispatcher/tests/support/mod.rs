@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses part of it
 
+pub mod services;
+
 use async_nats::jetstream;
 use dispatcher::{App, Config};
 use schemas::{codec, script_hash, JobEvent, JobResult, Language, Subjects};
@@ -30,27 +32,28 @@ pub struct Harness {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     db_name: String,
+    admin_url: String,
 }
 
 impl Harness {
     /// A fresh database (migrated, with the function `nodejs-double`
     /// registered) and prefix on the machine's NATS.
     pub async fn new() -> Self {
-        Self::with_nats(nats_url()).await
+        Self::on(nats_url(), admin_url()).await
     }
 
-    /// The same, on the NATS server at `nats_url`.
-    pub async fn with_nats(nats_url: String) -> Self {
+    /// The same, on the NATS server at `nats_url` and the PostgreSQL at `admin_url`.
+    pub async fn on(nats_url: String, admin_url: String) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("ld_{id}");
-        let admin = PgPool::connect(&admin_url()).await.expect("admin db");
+        let admin = PgPool::connect(&admin_url).await.expect("admin db");
         sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
             .execute(&admin)
             .await
             .expect("create database");
         admin.close().await;
         let mut config = Config::from_defaults();
-        config.database_url = admin_url().rsplit_once('/').unwrap().0.to_owned() + "/" + &db_name;
+        config.database_url = admin_url.rsplit_once('/').unwrap().0.to_owned() + "/" + &db_name;
         config.nats_url = nats_url.clone();
         config.nats_prefix = format!("d{}", &id[..16]);
         config.sweep_after_seconds = 0;
@@ -81,6 +84,7 @@ impl Harness {
             js: jetstream::new(client.clone()),
             client,
             db_name,
+            admin_url,
         }
     }
 
@@ -151,7 +155,7 @@ impl Harness {
     /// Removes the database and the streams.
     pub async fn stop(self) {
         self.db.close().await;
-        let admin = PgPool::connect(&admin_url()).await.expect("admin db");
+        let admin = PgPool::connect(&self.admin_url).await.expect("admin db");
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.db_name
