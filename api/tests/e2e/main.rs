@@ -5,6 +5,7 @@
 
 mod errors;
 mod execution;
+mod job_faults;
 mod jobs;
 mod resilience;
 mod support;

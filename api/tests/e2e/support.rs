@@ -31,6 +31,8 @@ pub struct Options {
     pub max_script_size: usize,
     /// Accept callback URLs on this machine (`CALLBACK_ALLOW_PRIVATE`).
     pub callback_allow_private: bool,
+    /// The NATS server, when not the machine's.
+    pub nats_url: Option<String>,
 }
 
 impl Default for Options {
@@ -41,6 +43,7 @@ impl Default for Options {
             session_expiry_seconds: 3600,
             max_script_size: 1024 * 1024,
             callback_allow_private: true,
+            nats_url: None,
         }
     }
 }
@@ -75,12 +78,13 @@ impl Stack {
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        let nats_url = options.nats_url.unwrap_or_else(nats_url);
 
         let mut config = api::Config::from_defaults();
         config.bind_addr = "127.0.0.1:0".parse().unwrap();
         config.database_url = database_url.clone();
         config.redis_url = options.redis_url;
-        config.nats_url = nats_url();
+        config.nats_url = nats_url.clone();
         config.nats_prefix = prefix.clone();
         config.session_expiry_seconds = options.session_expiry_seconds;
         config.max_script_size = options.max_script_size;
@@ -95,7 +99,9 @@ impl Stack {
 
         let mut dconfig = dispatcher::Config::from_defaults();
         dconfig.database_url = database_url.clone();
-        dconfig.nats_url = nats_url();
+        dconfig.nats_url = nats_url.clone();
+        dconfig.sweep_after_seconds = 5;
+        dconfig.sweep_interval_ms = 1000;
         dconfig.nats_prefix = prefix.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await
@@ -108,7 +114,7 @@ impl Stack {
         let mut worker = None;
         if options.worker {
             let mut wconfig = workers::Config::from_env();
-            wconfig.nats_url = nats_url();
+            wconfig.nats_url = nats_url.clone();
             wconfig.nats_prefix = prefix.clone();
             wconfig.nodejs_pool_size = 2;
             wconfig.heartbeat_ms = 200;

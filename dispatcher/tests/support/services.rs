@@ -161,16 +161,20 @@ impl PrivateNats {
     }
 
     pub async fn resume(&mut self) {
+        // The store limit is set explicitly: by default it follows the free
+        // disk space, which may be less than the streams ask for.
+        let config = self.dir.join("nats.conf");
+        let text = format!(
+            "listen: 127.0.0.1:{}
+jetstream {{ store_dir: \"{}\", max_file_store: 64GB }}
+",
+            self.port,
+            self.dir.join("store").display()
+        );
+        std::fs::write(&config, text).unwrap();
         let child = Command::new("/usr/sbin/nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
+            .arg("-c")
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
