@@ -392,3 +392,56 @@ async fn private_callback_urls_are_refused_unless_allowed() {
     assert_eq!(list["total"], 0, "refused jobs are not stored: {list}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn only_dead_jobs_can_be_retried_and_a_retry_runs_them_again() {
+    let stack = Stack::start().await;
+    stack.session("nodejs-calculator", ADD).await;
+    let (_, body) = stack
+        .post_json(
+            "/api/v1/jobs",
+            &[],
+            json!({"language_title": "nodejs-calculator", "params": {"a": 2, "b": 2}}),
+        )
+        .await;
+    let id = body["job_id"].as_str().unwrap().to_owned();
+    stack.wait_job(&id, WAIT, terminal).await;
+    let (status, body) = stack
+        .post_json(&format!("/api/v1/jobs/{id}/retry"), &[], json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+
+    // As the dispatcher leaves a job JetStream gave up on.
+    let db = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    sqlx::query("UPDATE jobs SET status = 'dead', result = NULL WHERE job_id = $1")
+        .bind(id.parse::<uuid::Uuid>().unwrap())
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let (_, dead) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(dead["status"], "dead");
+    let (status, body) = stack
+        .post_json(&format!("/api/v1/jobs/{id}/retry"), &[], json!({}))
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::ACCEPTED, &json!("queued")),
+        "{body}"
+    );
+    let job = stack.wait_job(&id, WAIT, terminal).await;
+    assert_eq!(
+        (&job["status"], &job["result"]),
+        (&json!("succeeded"), &json!(4)),
+        "{job}"
+    );
+    let (status, body) = stack
+        .post_json(
+            &format!("/api/v1/jobs/{}/retry", uuid::Uuid::now_v7()),
+            &[],
+            json!({}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    stack.stop().await;
+}
