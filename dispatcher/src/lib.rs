@@ -23,6 +23,7 @@ pub mod reaper;
 pub mod records;
 pub mod submit;
 pub mod sweeper;
+mod tasks;
 
 pub use config::Config;
 
@@ -31,18 +32,12 @@ use async_nats::jetstream;
 use callbacks::Callbacks;
 use dead::DeadLetters;
 use events::EventRecorder;
-use futures::StreamExt;
 use schemas::Subjects;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use std::time::Duration;
 use submit::Submissions;
 use sweeper::Sweeper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-
-/// How long one pull for events waits.
-const EVENTS_WAIT: Duration = Duration::from_millis(500);
-/// Most callbacks being delivered at once.
-const MAX_DELIVERIES: usize = 256;
 
 /// A connected dispatcher.
 pub struct App {
@@ -157,15 +152,18 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("dispatcher running");
         let tracker = TaskTracker::new();
-        tracker.spawn(record_events(self.event_recorder(), shutdown.clone()));
-        tracker.spawn(sweep(
+        tracker.spawn(tasks::record_events(
+            self.event_recorder(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(tasks::sweep(
             self.sweeper(),
             Duration::from_millis(self.config.sweep_interval_ms.max(10)),
             shutdown.clone(),
         ));
         for subject in self.dead_letters().advisories() {
             let messages = self.client.subscribe(subject).await?;
-            tracker.spawn(follow_dead_letters(
+            tracker.spawn(tasks::follow_dead_letters(
                 self.dead_letters(),
                 messages,
                 shutdown.clone(),
@@ -175,7 +173,7 @@ impl App {
             .client
             .queue_subscribe(self.subjects.all_submit(), submit::QUEUE_GROUP.into())
             .await?;
-        tracker.spawn(serve_submissions(
+        tracker.spawn(tasks::serve_submissions(
             self.submissions(),
             submissions,
             shutdown.clone(),
@@ -183,127 +181,17 @@ impl App {
         if self.config.callback_secret.is_none() {
             tracing::warn!("CALLBACK_SECRET is not set: callbacks are sent unsigned");
         }
-        tracker.spawn(deliver_callbacks(self.callbacks()?, shutdown.clone()));
-        tracker.spawn(reap(self.db.clone(), self.config.clone(), shutdown.clone()));
+        tracker.spawn(tasks::deliver_callbacks(
+            self.callbacks()?,
+            shutdown.clone(),
+        ));
+        tracker.spawn(tasks::reap(
+            self.db.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
         tracker.close();
         tracker.wait().await;
         Ok(())
-    }
-}
-
-async fn record_events(recorder: EventRecorder, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    // A step is never cut short: events it took are recorded and acknowledged
-    // (or given back) before the loop stops.
-    while !shutdown.is_cancelled() {
-        match recorder.process_next(EVENTS_WAIT).await {
-            Ok(_) => failures = 0,
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                let pause = Duration::from_millis(100 << failures.min(5));
-                tracing::warn!(error = %e, "recording job events failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
-    }
-}
-
-async fn sweep(mut sweeper: Sweeper, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sweeper.sweep_once().await {
-            tracing::warn!(error = %e, "sweep failed; will retry");
-        }
-    }
-}
-
-async fn follow_dead_letters(
-    dead: DeadLetters,
-    mut messages: async_nats::Subscriber,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = messages.next() => match message { Some(m) => m, None => break },
-        };
-        if let Err(e) = dead.handle_advisory(&message.payload).await {
-            tracing::warn!(error = %e, "max-deliveries advisory not handled; the sweeper will");
-        }
-    }
-}
-
-async fn serve_submissions(
-    submissions: Submissions,
-    mut messages: async_nats::Subscriber,
-    shutdown: CancellationToken,
-) {
-    let running = TaskTracker::new();
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = messages.next() => match message { Some(m) => m, None => break },
-        };
-        let submissions = submissions.clone();
-        running.spawn(async move { submissions.handle(&message).await });
-    }
-    running.close();
-    running.wait().await;
-}
-
-async fn deliver_callbacks(callbacks: Callbacks, shutdown: CancellationToken) {
-    let deliveries = TaskTracker::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if deliveries.len() >= MAX_DELIVERIES {
-            continue;
-        }
-        match callbacks.claim_due().await {
-            Ok(due) => {
-                for due in due {
-                    let callbacks = callbacks.clone();
-                    let stop = shutdown.clone();
-                    // Cut short at shutdown and released, so that another
-                    // dispatcher (or this one, restarted) delivers it.
-                    deliveries.spawn(async move {
-                        let job_id = due.job_id;
-                        tokio::select! {
-                            () = stop.cancelled() => callbacks.release(job_id).await,
-                            _ = callbacks.deliver(due) => {}
-                        }
-                    });
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "claiming callbacks failed; will retry"),
-        }
-    }
-    deliveries.close();
-    deliveries.wait().await;
-}
-
-async fn reap(db: PgPool, config: Config, shutdown: CancellationToken) {
-    let retention = Duration::from_secs(config.session_retention_seconds);
-    let mut tick = tokio::time::interval(Duration::from_secs(config.reap_interval_seconds.max(1)));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        match reaper::reap_expired_sessions(&db, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "removed expired sessions"),
-            Err(err) => tracing::warn!(error = %err, "session reaping failed; will retry"),
-        }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`App`] (`app`): built from a [`Config`], runs until cancelled.
 //! - `consumer`: the pull loop and what becomes of each job message.
 //! - `cancel`: stops or skips asynchronous jobs cancelled through the API.
+//! - `report`: started events and results of asynchronous jobs, for the dispatcher.
 //! - `heartbeat`: announces the worker's runtimes and load.
 //! - [`runtime`]: the pool of warm instances and the Node.js runtime.
 //! - `supervisor`: starting, watching and stopping runtime processes.
@@ -14,6 +15,7 @@ mod cancel;
 mod config;
 mod consumer;
 mod heartbeat;
+mod report;
 pub mod runtime;
 mod supervisor;
 

@@ -445,3 +445,51 @@ async fn only_dead_jobs_can_be_retried_and_a_retry_runs_them_again() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn the_terminal_record_is_posted_to_the_callback_url() {
+    use axum::{body::Bytes, routing::post, Router};
+    let stack = Stack::start().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let app = Router::new().route(
+        "/hook",
+        post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let id = stack.session("nodejs-calculator", ADD).await;
+    let response = stack
+        .http
+        .post(stack.url(&format!("/api/v1/execute/{id}?async=true")))
+        .header("X-Callback-Url", &hook)
+        .body(json!({"params": {"a": 20, "b": 22}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job_id = response.json::<Value>().await.unwrap()["job_id"].clone();
+    let body = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the callback arrives")
+        .unwrap();
+    let record: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(record["job_id"], job_id);
+    assert_eq!(
+        (&record["status"], &record["result"]),
+        (&json!("succeeded"), &json!(42))
+    );
+    let (_, stored) = stack
+        .get(&format!("/api/v1/jobs/{}", job_id.as_str().unwrap()))
+        .await;
+    assert_eq!(record, stored);
+    server.abort();
+    stack.stop().await;
+}
