@@ -48,16 +48,14 @@ impl EventRecorder {
     /// On a database error the events are given back (redelivered after a
     /// second) and the error is returned.
     pub async fn process_next(&self, wait: Duration) -> anyhow::Result<usize> {
-        let mut messages = self
-            .consumer
-            .batch()
-            .max_messages(self.batch)
-            .expires(wait)
-            .messages()
-            .await?;
-        let mut batch = Vec::new();
-        while let Some(message) = messages.next().await {
-            batch.push(message.map_err(|e| anyhow::anyhow!(e))?);
+        // Take what is there without waiting; when nothing is, wait for the
+        // first event only, then take what came with it.
+        let mut batch = self.pull(self.batch, None).await?;
+        if batch.is_empty() {
+            batch = self.pull(1, Some(wait)).await?;
+            if !batch.is_empty() && self.batch > 1 {
+                batch.extend(self.pull(self.batch - 1, None).await?);
+            }
         }
         if batch.is_empty() {
             return Ok(0);
@@ -84,6 +82,31 @@ impl EventRecorder {
             }
         }
         Ok(batch.len())
+    }
+
+    /// Up to `max` events: those there now, or (with `wait`) as many as
+    /// arrive within it.
+    async fn pull(
+        &self,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Vec<jetstream::Message>> {
+        let mut messages = match wait {
+            None => self.consumer.fetch().max_messages(max).messages().await?,
+            Some(wait) => {
+                self.consumer
+                    .batch()
+                    .max_messages(max)
+                    .expires(wait)
+                    .messages()
+                    .await?
+            }
+        };
+        let mut batch = Vec::new();
+        while let Some(message) = messages.next().await {
+            batch.push(message.map_err(|e| anyhow::anyhow!(e))?);
+        }
+        Ok(batch)
     }
 
     async fn apply(&self, events: Vec<JobEvent>) -> anyhow::Result<()> {
