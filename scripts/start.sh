@@ -10,6 +10,8 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export BIND_ADDR="${BIND_ADDR:-127.0.0.1:8080}"
 export RUST_LOG="${RUST_LOG:-info}"
+# Local development: callbacks may go to services on this machine.
+export CALLBACK_ALLOW_PRIVATE="${CALLBACK_ALLOW_PRIVATE:-true}"
 
 ensure_services
 ensure_database "$DATABASE_URL"

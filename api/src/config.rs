@@ -66,6 +66,11 @@ pub struct Config {
     /// the script's own timeout.
     #[arg(long, env = "QUEUE_WAIT_MS", default_value_t = 5000)]
     pub queue_wait_ms: u64,
+
+    /// Accept callback URLs that resolve to private, loopback or link-local
+    /// addresses (local development only).
+    #[arg(long, env = "CALLBACK_ALLOW_PRIVATE", default_value_t = false)]
+    pub callback_allow_private: bool,
 }
 
 impl Config {

@@ -11,6 +11,7 @@
 //! - [`queue`]: publishes jobs and routes results back to waiting requests.
 //! - [`runtimes`]: which languages live workers serve, from their heartbeats.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`jobs`]: asynchronous jobs, committed to PostgreSQL before `202` and then published.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
 
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod executions;
 pub mod extract;
+pub mod jobs;
 pub mod metrics;
 pub mod queue;
 pub mod routes;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub executions: ExecutionCounts,
     pub subjects: Subjects,
     pub metrics: Arc<Metrics>,
+    /// The NATS connection, for publishing asynchronous jobs and cancellations.
+    pub nats: async_nats::Client,
 }
 
 /// A built API, listening but not yet serving.
@@ -99,6 +103,7 @@ impl App {
             executions,
             subjects,
             metrics,
+            nats,
         };
         Ok(Self {
             listener,

@@ -1,33 +1,59 @@
 //! The dispatcher owns what happens to jobs and sessions off the request path.
 //!
 //! It applies the database migrations and creates the JetStream objects on
-//! start, then runs its maintenance loops:
+//! start, then runs:
+//! - [`events`]: records what workers report (started, finished) in PostgreSQL,
+//!   in batches, and publishes terminal records ([`records`]).
+//! - [`sweeper`]: republishes jobs whose message was lost ([`publish`]) and
+//!   buries those JetStream gave up on.
+//! - [`dead`]: follows JetStream's max-deliveries advisories: those jobs are `dead`.
+//! - [`callbacks`]: POSTs terminal records to callback URLs, signed, with retries.
+//! - [`submit`]: jobs producers publish straight onto `<prefix>.submit.<language_title>`.
 //! - [`reaper`]: removes sessions that expired longer ago than the retention.
 //!
-//! Build with [`App::build`], serve with [`App::run`].
+//! Build with [`App::build`], serve with [`App::run`]; every loop has a
+//! one-step function (`process_next`, `sweep_once`, `handle_advisory`) tests drive.
 
+pub mod callbacks;
 pub mod config;
+pub mod dead;
+pub mod events;
+pub mod publish;
 pub mod reaper;
+pub mod records;
+pub mod submit;
+pub mod sweeper;
+mod tasks;
 
 pub use config::Config;
 
 use anyhow::Context as _;
+use async_nats::jetstream;
+use callbacks::Callbacks;
+use dead::DeadLetters;
+use events::EventRecorder;
 use schemas::Subjects;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use submit::Submissions;
+use sweeper::Sweeper;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// A connected dispatcher.
 pub struct App {
     config: Config,
     db: PgPool,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    events: async_nats::jetstream::consumer::PullConsumer,
 }
 
 impl App {
     /// Connects to PostgreSQL (applying migrations) and NATS (creating streams).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .acquire_timeout(Duration::from_secs(3))
             .connect(&config.database_url)
             .await
@@ -36,14 +62,23 @@ impl App {
             .run(&db)
             .await
             .context("applying migrations")?;
-        let nats = async_nats::ConnectOptions::new()
+        let client = async_nats::ConnectOptions::new()
             .name("lambda-dispatcher")
             .connect(&config.nats_url)
             .await
             .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
-        let js = async_nats::jetstream::new(nats);
-        schemas::jetstream::ensure_jobs_stream(&js, &Subjects::new(&config.nats_prefix)).await?;
-        Ok(Self { config, db })
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::new(&config.nats_prefix);
+        schemas::jetstream::ensure_jobs_stream(&js, &subjects).await?;
+        let events = events::consumer(&js, &subjects).await?;
+        Ok(Self {
+            config,
+            db,
+            client,
+            js,
+            subjects,
+            events,
+        })
     }
 
     /// The database pool, for tests that drive one step at a time.
@@ -51,24 +86,112 @@ impl App {
         &self.db
     }
 
-    /// Runs the maintenance loops until `shutdown`.
+    /// The event recorder, for tests that drive one batch at a time.
+    pub fn event_recorder(&self) -> EventRecorder {
+        EventRecorder::new(
+            self.events.clone(),
+            self.db.clone(),
+            self.client.clone(),
+            self.subjects.clone(),
+            self.config.events_batch,
+        )
+    }
+
+    /// The dead-letter handler.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            db: self.db.clone(),
+            js: self.js.clone(),
+            client: self.client.clone(),
+            subjects: self.subjects.clone(),
+        }
+    }
+
+    /// The sweeper, for tests that drive one sweep at a time.
+    pub fn sweeper(&self) -> Sweeper {
+        Sweeper {
+            db: self.db.clone(),
+            js: self.js.clone(),
+            subjects: self.subjects.clone(),
+            events: self.events.clone(),
+            dead: self.dead_letters(),
+            after: Duration::from_secs(self.config.sweep_after_seconds),
+        }
+    }
+
+    /// The handler of direct submissions.
+    pub fn submissions(&self) -> Submissions {
+        let c = &self.config;
+        Submissions {
+            db: self.db.clone(),
+            js: self.js.clone(),
+            client: self.client.clone(),
+            subjects: self.subjects.clone(),
+            limits: submit::Limits {
+                default_timeout_ms: c.runtime_timeout_seconds * 1000,
+                max_timeout_ms: c.max_timeout_seconds * 1000,
+                default_memory_mb: c.runtime_memory_mb,
+                max_memory_mb: c.max_memory_mb,
+            },
+            callback_allow_private: c.callback_allow_private,
+        }
+    }
+
+    /// The callback deliverer.
+    pub fn callbacks(&self) -> anyhow::Result<Callbacks> {
+        Ok(Callbacks {
+            db: self.db.clone(),
+            http: Callbacks::client()?,
+            secret: self.config.callback_secret.clone().map(String::into_bytes),
+            first_backoff: Duration::from_millis(self.config.callback_backoff_ms.max(1)),
+            give_up_after: Duration::from_secs(self.config.callback_retry_seconds),
+        })
+    }
+
+    /// Runs every loop until `shutdown`, then waits (bounded) for them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("dispatcher running");
-        let retention = Duration::from_secs(self.config.session_retention_seconds);
-        let mut tick = tokio::time::interval(Duration::from_secs(
-            self.config.reap_interval_seconds.max(1),
+        let tracker = TaskTracker::new();
+        tracker.spawn(tasks::record_events(
+            self.event_recorder(),
+            shutdown.clone(),
         ));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            match reaper::reap_expired_sessions(&self.db, retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "removed expired sessions"),
-                Err(err) => tracing::warn!(error = %err, "session reaping failed; will retry"),
-            }
+        tracker.spawn(tasks::sweep(
+            self.sweeper(),
+            Duration::from_millis(self.config.sweep_interval_ms.max(10)),
+            shutdown.clone(),
+        ));
+        for subject in self.dead_letters().advisories() {
+            let messages = self.client.subscribe(subject).await?;
+            tracker.spawn(tasks::follow_dead_letters(
+                self.dead_letters(),
+                messages,
+                shutdown.clone(),
+            ));
         }
+        let submissions = self
+            .client
+            .queue_subscribe(self.subjects.all_submit(), submit::QUEUE_GROUP.into())
+            .await?;
+        tracker.spawn(tasks::serve_submissions(
+            self.submissions(),
+            submissions,
+            shutdown.clone(),
+        ));
+        if self.config.callback_secret.is_none() {
+            tracing::warn!("CALLBACK_SECRET is not set: callbacks are sent unsigned");
+        }
+        tracker.spawn(tasks::deliver_callbacks(
+            self.callbacks()?,
+            shutdown.clone(),
+        ));
+        tracker.spawn(tasks::reap(
+            self.db.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
+        tracker.close();
+        tracker.wait().await;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ pub async fn ensure_jobs_stream(
     subjects: &Subjects,
 ) -> anyhow::Result<()> {
     let def = Definitions::shipped().jobs_stream;
-    let config = stream_config(&def, subjects)?;
+    let config = stream_config(&def, subjects.jobs_stream(), subjects.all_jobs())?;
     js.create_or_update_stream(config)
         .await
         .with_context(|| format!("creating stream {}", subjects.jobs_stream()))?;
@@ -42,7 +42,39 @@ pub async fn ensure_worker_consumer(
         .with_context(|| format!("creating consumer {name}"))
 }
 
-fn stream_config(def: &StreamDef, subjects: &Subjects) -> anyhow::Result<stream::Config> {
+/// Creates or updates the stream of job events workers report.
+pub async fn ensure_events_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> anyhow::Result<()> {
+    let def = Definitions::shipped().events_stream;
+    let config = stream_config(&def, subjects.events_stream(), subjects.all_events())?;
+    js.create_or_update_stream(config)
+        .await
+        .with_context(|| format!("creating stream {}", subjects.events_stream()))?;
+    Ok(())
+}
+
+/// Creates or updates the durable consumer dispatchers record events with,
+/// creating the stream first if needed.
+pub async fn ensure_events_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> anyhow::Result<consumer::PullConsumer> {
+    ensure_events_stream(js, subjects).await?;
+    let def = Definitions::shipped().events_consumer;
+    let stream = js
+        .get_stream(subjects.events_stream())
+        .await
+        .context("opening the events stream")?;
+    let name = subjects.events_consumer();
+    stream
+        .create_consumer(consumer_config(&def, &name, subjects.all_events()))
+        .await
+        .with_context(|| format!("creating consumer {name}"))
+}
+
+fn stream_config(def: &StreamDef, name: String, subject: String) -> anyhow::Result<stream::Config> {
     let retention = match def.retention.as_str() {
         "workqueue" => stream::RetentionPolicy::WorkQueue,
         "limits" => stream::RetentionPolicy::Limits,
@@ -60,9 +92,9 @@ fn stream_config(def: &StreamDef, subjects: &Subjects) -> anyhow::Result<stream:
         other => bail!("unknown discard policy '{other}'"),
     };
     Ok(stream::Config {
-        name: subjects.jobs_stream(),
+        name,
         description: Some(def.description.clone()),
-        subjects: vec![subjects.all_jobs()],
+        subjects: vec![subject],
         retention,
         storage,
         discard,

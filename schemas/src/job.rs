@@ -35,6 +35,11 @@ pub struct Job {
     /// Core NATS subject the result is published to, for a caller that waits.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// An asynchronous job: the worker reports a `started` event and its
+    /// result on the events stream (`<prefix>.events.<language>`) for the
+    /// dispatcher to record, and acks the job only once the result is stored.
+    #[serde(default)]
+    pub report_events: bool,
 }
 
 /// What a worker answers for a job: exactly one of `result_json` and `error`.
@@ -148,6 +153,7 @@ mod tests {
             memory_mb: 128,
             deadline_ms: 1_700_000_000_000,
             reply_to: Some("lambda.replies.x".into()),
+            report_events: true,
         }
     }
 
@@ -206,6 +212,7 @@ mod tests {
         assert_eq!(job.language, Language::Python);
         assert_eq!(job.deadline_ms, 0);
         assert_eq!(job.reply_to, None);
+        assert!(!job.report_events);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const DEFINITIONS_JSON: &str = include_str!("../../nats/jetstream.json");
 pub struct Definitions {
     pub jobs_stream: StreamDef,
     pub worker_consumer: ConsumerDef,
+    pub events_stream: StreamDef,
+    pub events_consumer: ConsumerDef,
 }
 
 /// Settings of a stream; its name and subjects follow the subject prefix.
@@ -55,5 +57,7 @@ mod tests {
         let defs = Definitions::shipped();
         assert_eq!(defs.jobs_stream.retention, "workqueue");
         assert!(defs.worker_consumer.max_deliver > 1);
+        assert_eq!(defs.events_stream.storage, "file");
+        assert_eq!(defs.events_consumer.max_deliver, -1);
     }
 }

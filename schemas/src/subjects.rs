@@ -54,6 +54,55 @@ impl Subjects {
         format!("{}.replies.{}", self.prefix, instance)
     }
 
+    /// Where workers report what became of asynchronous jobs of `language`.
+    pub fn events(&self, language: Language) -> String {
+        format!("{}.events.{}", self.prefix, language)
+    }
+
+    /// Every event subject (the events stream's subject filter).
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// The JetStream stream holding job events until the dispatcher records them.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_token())
+    }
+
+    /// The durable consumer dispatchers share on the events stream.
+    pub fn events_consumer(&self) -> String {
+        "dispatcher-events".to_owned()
+    }
+
+    /// Where terminal job records of `language_title` are published.
+    pub fn results(&self, language_title: &str) -> String {
+        format!("{}.results.{}", self.prefix, language_title)
+    }
+
+    /// Where direct producers submit jobs for `language_title`.
+    pub fn submit(&self, language_title: &str) -> String {
+        format!("{}.submit.{}", self.prefix, language_title)
+    }
+
+    /// Every submit subject.
+    pub fn all_submit(&self) -> String {
+        format!("{}.submit.>", self.prefix)
+    }
+
+    /// Core NATS subject on which cancelled job ids are announced to workers.
+    pub fn cancel(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
+    /// The advisory JetStream sends when a job of `language` ran out of deliveries.
+    pub fn max_deliveries_advisory(&self, language: Language) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            self.jobs_stream(),
+            self.worker_consumer(language)
+        )
+    }
+
     /// The prefix as a stream name token: upper case, `.`/`-` turned into `_`.
     fn stream_token(&self) -> String {
         self.prefix
@@ -88,5 +137,17 @@ mod tests {
         let t = Subjects::new("t-1a.x");
         assert_eq!(t.jobs_stream(), "T_1A_X_JOBS");
         assert_eq!(t.heartbeat(), "t-1a.x.workers.heartbeat");
+        assert_eq!(s.events(Language::Nodejs), "lambda.events.nodejs");
+        assert_eq!(s.events_stream(), "LAMBDA_EVENTS");
+        assert_eq!(
+            s.results("nodejs-calculator"),
+            "lambda.results.nodejs-calculator"
+        );
+        assert_eq!(s.submit("nodejs-calc"), "lambda.submit.nodejs-calc");
+        assert_eq!(s.all_submit(), "lambda.submit.>");
+        assert_eq!(
+            s.max_deliveries_advisory(Language::Nodejs),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LAMBDA_JOBS.workers-nodejs"
+        );
     }
 }

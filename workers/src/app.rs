@@ -82,6 +82,7 @@ impl App {
         let js = async_nats::jetstream::new(client.clone());
         let subjects = Subjects::new(config.nats_prefix.clone());
         let worker_id: Arc<str> = config.worker_id.into();
+        schemas::jetstream::ensure_events_stream(&js, &subjects).await?;
         let mut consumers = Vec::new();
         for pool in &pools {
             let consumer =
@@ -91,6 +92,8 @@ impl App {
                 client: client.clone(),
                 worker_id: Arc::clone(&worker_id),
                 default_timeout: Duration::from_secs(config.runtime_timeout_seconds),
+                subjects: subjects.clone(),
+                cancels: Default::default(),
             };
             consumers.push((consumer, runner));
         }

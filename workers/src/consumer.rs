@@ -4,10 +4,13 @@
 //! Backpressure: a free instance is reserved before a message is pulled, so
 //! no job waits in this process while its ack timer runs.
 
-use crate::runtime::{Execution, Invocation, Pool, Reservation, RuntimeError};
+use crate::{
+    cancel::Cancellations,
+    runtime::{Execution, Invocation, Pool, Reservation, RuntimeError},
+};
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
-use schemas::{codec, Job, JobResult};
+use schemas::{codec, Job, JobResult, Subjects};
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -22,7 +25,7 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Ack progress this often, well within the consumer's 30 s `ack_wait`.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Redelivery delay of a job this worker could not run.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// How long in-flight jobs may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,10 +57,20 @@ pub(crate) struct JobRunner {
     pub(crate) worker_id: Arc<str>,
     /// Timeout of a job that sets none.
     pub(crate) default_timeout: Duration,
+    pub(crate) subjects: Subjects,
+    /// Asynchronous jobs running here, and those cancelled before they came.
+    pub(crate) cancels: Cancellations,
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
 pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: CancellationToken) {
+    let followed = runner
+        .cancels
+        .follow(&runner.client, runner.subjects.cancel(), shutdown.clone())
+        .await;
+    if let Err(e) = followed {
+        tracing::warn!(error = %e, "not following job cancellations");
+    }
     let runner = Arc::new(runner);
     let jobs = TaskTracker::new();
     loop {
@@ -166,6 +179,16 @@ impl JobRunner {
             };
             timeout = timeout.min(Duration::from_millis(left));
         }
+        let running = if job.report_events {
+            let Some(running) = self.cancels.start(job.job_id) else {
+                tracing::debug!("cancelled before it started; skipped");
+                return Disposition::Ack;
+            };
+            self.report_started(message, job.job_id).await;
+            Some(running)
+        } else {
+            None
+        };
         // A session's runs share the script's globals; a job without one
         // gets globals of its own.
         let scope = job.request_id.unwrap_or(job.job_id).to_string();
@@ -180,7 +203,18 @@ impl JobRunner {
         let mut result = match invocation {
             Err(error) => JobResult::failure(job.job_id, error, 0.0, Vec::new()),
             Ok(invocation) => {
-                match with_progress(message, reservation.execute(&invocation)).await {
+                let run = with_progress(message, reservation.execute(&invocation));
+                let outcome = match &running {
+                    None => run.await,
+                    Some(running) => tokio::select! {
+                        outcome = run => outcome,
+                        () = running.cancelled() => {
+                            tracing::debug!("cancelled while running; its instance is replaced");
+                            return Disposition::Ack;
+                        }
+                    },
+                };
+                match outcome {
                     Ok(execution) => job_result(job.job_id, execution),
                     Err(e) => {
                         tracing::warn!(error = %e, "job not run; it will be retried");
@@ -190,6 +224,9 @@ impl JobRunner {
             }
         };
         result.worker_id = self.worker_id.to_string();
+        if job.report_events {
+            return self.report_finished(message, result).await;
+        }
         let Some(reply_to) = job.reply_to else {
             return Disposition::Ack;
         };

@@ -4,15 +4,19 @@
 //!
 //! - [`App`] (`app`): built from a [`Config`], runs until cancelled.
 //! - `consumer`: the pull loop and what becomes of each job message.
+//! - `cancel`: stops or skips asynchronous jobs cancelled through the API.
+//! - `report`: started events and results of asynchronous jobs, for the dispatcher.
 //! - `heartbeat`: announces the worker's runtimes and load.
 //! - [`runtime`]: the pool of warm instances and the Node.js runtime.
 //! - [`sandbox`]: the OS sandbox every runtime process runs in.
 //! - `supervisor`: starting, watching and stopping runtime processes.
 
 mod app;
+mod cancel;
 mod config;
 mod consumer;
 mod heartbeat;
+mod report;
 pub mod runtime;
 pub mod sandbox;
 mod supervisor;

@@ -25,6 +25,7 @@ fn job(script: &str, params: &str, reply_to: String) -> Job {
         memory_mb: 128,
         deadline_ms: 0,
         reply_to: Some(reply_to),
+        report_events: false,
     }
 }
 

@@ -1,15 +1,15 @@
 //! `POST /execute/{request_id}`: runs a session's script with new parameters
 //! and answers with its result.
 
-use super::sessions::parse_session_id;
+use super::{jobs, sessions::parse_session_id};
 use crate::{
     error::{ApiError, ApiResult},
     extract::JsonObject,
     session, AppState,
 };
 use axum::{
-    extract::{Path, State},
-    http::header,
+    extract::{Path, Query, State},
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
     routing::post,
     Router,
@@ -31,6 +31,28 @@ struct ExecuteBody {
     params: Option<Box<RawValue>>,
 }
 
+/// `?async=true` asks for a job handle instead of the result.
+#[derive(Deserialize)]
+struct ExecuteQuery {
+    #[serde(default, rename = "async")]
+    asynchronous: Option<String>,
+}
+
+impl ExecuteQuery {
+    /// Whether the caller asked for `202` and a job (`?async=true` or
+    /// `Prefer: respond-async`).
+    fn wants_async(&self, headers: &HeaderMap) -> bool {
+        let query = matches!(self.asynchronous.as_deref(), Some("true" | "1" | ""));
+        let prefer = headers.get_all("prefer").iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+            })
+        });
+        query || prefer
+    }
+}
+
 #[derive(Serialize)]
 struct ExecuteResponse<'a> {
     request_id: Uuid,
@@ -44,6 +66,8 @@ struct ExecuteResponse<'a> {
 async fn execute(
     State(state): State<AppState>,
     Path(request_id): Path<String>,
+    Query(query): Query<ExecuteQuery>,
+    headers: HeaderMap,
     JsonObject(body): JsonObject<ExecuteBody>,
 ) -> ApiResult<Response> {
     let id = parse_session_id(&request_id)?;
@@ -71,6 +95,9 @@ async fn execute(
             "session {request_id} has expired"
         )));
     }
+    if query.wants_async(&headers) {
+        return execute_async(&state, session, params_json, &headers).await;
+    }
     if !state.runtimes.available(session.language) {
         return Err(ApiError::unavailable(
             format!("no worker is running {} right now", session.language),
@@ -93,6 +120,7 @@ async fn execute(
         memory_mb: session.memory_mb,
         deadline_ms: unix_ms() + wait.as_millis() as u64,
         reply_to: None,
+        report_events: false,
     };
     let result = state.queue.execute(job, wait).await?;
     state.executions.record(session.request_id, Utc::now());
@@ -117,6 +145,23 @@ async fn execute(
     })
     .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The asynchronous branch: the job is stored and queued even when no worker
+/// runs the language right now.
+async fn execute_async(
+    state: &AppState,
+    session: session::Session,
+    params_json: String,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let mut job = jobs::session_job(session, params_json);
+    job.idempotency_key = jobs::header_text(headers, "idempotency-key")?;
+    if let Some(url) = jobs::header_text(headers, "x-callback-url")? {
+        crate::jobs::check_callback_url(&url, state.config.callback_allow_private).await?;
+        job.callback_url = Some(url);
+    }
+    jobs::accept(state, job).await
 }
 
 fn unix_ms() -> u64 {

@@ -3,6 +3,7 @@
 mod execute;
 mod functions;
 mod health;
+mod jobs;
 mod sessions;
 
 use crate::{error::ApiError, AppState};
@@ -23,7 +24,8 @@ pub fn router(state: AppState) -> Router {
             Router::new()
                 .merge(sessions::router())
                 .merge(execute::router())
-                .merge(functions::router()),
+                .merge(functions::router())
+                .merge(jobs::router()),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

@@ -6,6 +6,8 @@
 mod errors;
 mod execution;
 mod functions;
+mod job_faults;
+mod jobs;
 mod metrics;
 mod python;
 mod resilience;

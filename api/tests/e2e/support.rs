@@ -31,6 +31,10 @@ pub struct Options {
     pub max_script_size: usize,
     /// What the worker serves (when there is one).
     pub languages: Vec<Language>,
+    /// Accept callback URLs on this machine (`CALLBACK_ALLOW_PRIVATE`).
+    pub callback_allow_private: bool,
+    /// The NATS server, when not the machine's.
+    pub nats_url: Option<String>,
 }
 
 impl Default for Options {
@@ -41,6 +45,8 @@ impl Default for Options {
             session_expiry_seconds: 3600,
             max_script_size: 1024 * 1024,
             languages: vec![Language::Nodejs],
+            callback_allow_private: true,
+            nats_url: None,
         }
     }
 }
@@ -49,10 +55,11 @@ pub struct Stack {
     pub base: String,
     pub http: reqwest::Client,
     pub worker: Option<workers::AppHandle>,
+    pub database_url: String,
+    pub prefix: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     db_name: String,
-    prefix: String,
 }
 
 impl Stack {
@@ -74,16 +81,18 @@ impl Stack {
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        let nats_url = options.nats_url.unwrap_or_else(nats_url);
 
         let mut config = api::Config::from_defaults();
         config.bind_addr = "127.0.0.1:0".parse().unwrap();
         config.database_url = database_url.clone();
         config.redis_url = options.redis_url;
-        config.nats_url = nats_url();
+        config.nats_url = nats_url.clone();
         config.nats_prefix = prefix.clone();
         config.session_expiry_seconds = options.session_expiry_seconds;
         config.max_script_size = options.max_script_size;
         config.queue_wait_ms = 3000;
+        config.callback_allow_private = options.callback_allow_private;
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
@@ -92,8 +101,10 @@ impl Stack {
         }));
 
         let mut dconfig = dispatcher::Config::from_defaults();
-        dconfig.database_url = database_url;
-        dconfig.nats_url = nats_url();
+        dconfig.database_url = database_url.clone();
+        dconfig.nats_url = nats_url.clone();
+        dconfig.sweep_after_seconds = 5;
+        dconfig.sweep_interval_ms = 1000;
         dconfig.nats_prefix = prefix.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await
@@ -106,7 +117,7 @@ impl Stack {
         let mut worker = None;
         if options.worker {
             let mut wconfig = workers::Config::from_env();
-            wconfig.nats_url = nats_url();
+            wconfig.nats_url = nats_url.clone();
             wconfig.nats_prefix = prefix.clone();
             wconfig.languages = options.languages.clone();
             wconfig.nodejs_pool_size = 2;
@@ -123,10 +134,11 @@ impl Stack {
             base,
             http: reqwest::Client::new(),
             worker,
+            database_url,
+            prefix,
             shutdown,
             tasks,
             db_name,
-            prefix,
         };
         if options.worker {
             for language in &options.languages {
@@ -177,6 +189,50 @@ impl Stack {
             request = request.header(*name, *value);
         }
         read(request.send().await.expect("POST")).await
+    }
+
+    /// POSTs a JSON body with extra headers.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.post_raw(path, &all, body.to_string()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        read(response).await
+    }
+
+    /// Polls a job until `check` holds (`within` at most); returns its record.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, job) = self.get(&format!("/api/v1/jobs/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{job}");
+            if check(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job never got there: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `initialize` with a Language-Title, a script and a context.
@@ -238,9 +294,9 @@ impl Stack {
         .expect("drop test database");
         let client = async_nats::connect(nats_url()).await.expect("nats");
         let js = async_nats::jetstream::new(client);
-        let _ = js
-            .delete_stream(Subjects::new(&self.prefix).jobs_stream())
-            .await;
+        let subjects = Subjects::new(&self.prefix);
+        let _ = js.delete_stream(subjects.jobs_stream()).await;
+        let _ = js.delete_stream(subjects.events_stream()).await;
     }
 }
 

@@ -1,0 +1,252 @@
+//! Turns what a caller asks for (a session or a registered function, plus
+//! params, context and a callback) into a [`NewJob`], looking each session,
+//! function and callback host up once per request however many jobs name it.
+
+use crate::{
+    error::{ApiError, ApiResult},
+    jobs::{self, NewJob},
+    session::{self, Session},
+    AppState, OWNER_ANONYMOUS,
+};
+use axum::http::HeaderMap;
+use chrono::Utc;
+use schemas::{ErrorCode, LanguageTitle};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// One job as a caller describes it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct JobSpec {
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    language_title: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    context: Option<Value>,
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+type Function = (String, String); // script hash, script
+
+/// Resolves job specs for one request.
+pub(crate) struct Resolver<'a> {
+    state: &'a AppState,
+    default_callback: Option<String>,
+    sessions: HashMap<Uuid, Session>,
+    functions: HashMap<String, Function>,
+    callbacks: HashMap<String, Result<(), String>>,
+}
+
+impl<'a> Resolver<'a> {
+    /// A resolver; `X-Callback-Url` is the callback of jobs naming none.
+    pub(crate) fn new(state: &'a AppState, headers: &HeaderMap) -> ApiResult<Self> {
+        Ok(Self {
+            state,
+            default_callback: header_text(headers, "x-callback-url")?,
+            sessions: HashMap::new(),
+            functions: HashMap::new(),
+            callbacks: HashMap::new(),
+        })
+    }
+
+    /// The job `spec` describes, or why it cannot run.
+    pub(crate) async fn resolve(
+        &mut self,
+        spec: JobSpec,
+        batch_id: Option<Uuid>,
+    ) -> ApiResult<NewJob> {
+        let params_json = params_json(spec.params)?;
+        let callback_url = spec.callback_url.or_else(|| self.default_callback.clone());
+        if let Some(url) = &callback_url {
+            self.check_callback(url).await?;
+        }
+        let mut job = match (spec.request_id, spec.language_title) {
+            (Some(id), None) => {
+                let session = self.session(&id).await?;
+                session_job(session, params_json)
+            }
+            (None, Some(lt)) => {
+                let context = match spec.context {
+                    None | Some(Value::Null) => Map::new(),
+                    Some(Value::Object(map)) => map,
+                    Some(_) => {
+                        return Err(ApiError::invalid_request("context must be a JSON object"))
+                    }
+                };
+                self.function_job(&lt, context, params_json).await?
+            }
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "a job names exactly one of request_id and language_title",
+                ))
+            }
+        };
+        job.batch_id = batch_id;
+        job.callback_url = callback_url;
+        Ok(job)
+    }
+
+    /// Runs a session's script: the session's context and limits apply.
+    pub(crate) async fn session(&mut self, raw: &str) -> ApiResult<Session> {
+        let not_found = || ApiError::not_found(format!("session {raw} not found"));
+        let id: Uuid = raw.parse().map_err(|_| not_found())?;
+        if let Some(session) = self.sessions.get(&id) {
+            return Ok(session.clone());
+        }
+        let state = self.state;
+        let session = session::load(
+            &state.db,
+            &state.cache,
+            &state.metrics,
+            state.subjects.prefix(),
+            id,
+        )
+        .await?
+        .ok_or_else(not_found)?;
+        if !session.is_active(Utc::now()) {
+            return Err(ApiError::not_found(format!("session {raw} has expired")));
+        }
+        self.sessions.insert(id, session.clone());
+        Ok(session)
+    }
+
+    async fn function_job(
+        &mut self,
+        raw: &str,
+        context: Map<String, Value>,
+        params_json: String,
+    ) -> ApiResult<NewJob> {
+        let lt: LanguageTitle = raw
+            .parse()
+            .map_err(|e: schemas::LanguageTitleError| ApiError::invalid_request(e.to_string()))?;
+        let name = lt.to_string();
+        if !self.functions.contains_key(&name) {
+            let found: Option<Function> = sqlx::query_as(
+                "SELECT sc.hash, sc.content FROM functions f JOIN scripts sc ON sc.hash = f.script_hash
+                 WHERE f.language_title = $1 AND f.owner IN ($2, '')
+                 ORDER BY f.owner DESC LIMIT 1",
+            )
+            .bind(&name)
+            .bind(OWNER_ANONYMOUS)
+            .fetch_optional(&self.state.db)
+            .await?;
+            let found = found.ok_or_else(|| {
+                ApiError::not_found(format!("no function is registered as {name}"))
+            })?;
+            self.functions.insert(name.clone(), found);
+        }
+        let (script_hash, script) = self.functions[&name].clone();
+        let (timeout_ms, memory_mb) = limits(&context, self.state)?;
+        Ok(NewJob {
+            job_id: Uuid::now_v7(),
+            batch_id: None,
+            owner: OWNER_ANONYMOUS.to_owned(),
+            request_id: None,
+            language: lt.language,
+            language_title: name,
+            script_hash,
+            script,
+            params_json,
+            context_json: Value::Object(context).to_string(),
+            timeout_ms,
+            memory_mb,
+            callback_url: None,
+            idempotency_key: None,
+            generation: 0,
+        })
+    }
+
+    async fn check_callback(&mut self, url: &str) -> ApiResult<()> {
+        if !self.callbacks.contains_key(url) {
+            let allow = self.state.config.callback_allow_private;
+            let checked = jobs::check_callback_url(url, allow)
+                .await
+                .map_err(|e| e.message);
+            self.callbacks.insert(url.to_owned(), checked);
+        }
+        self.callbacks[url]
+            .clone()
+            .map_err(ApiError::invalid_request)
+    }
+}
+
+/// The job of running `session`'s script with `params_json`.
+pub(crate) fn session_job(session: Session, params_json: String) -> NewJob {
+    NewJob {
+        job_id: Uuid::now_v7(),
+        batch_id: None,
+        owner: session.owner,
+        request_id: Some(session.request_id),
+        language: session.language,
+        language_title: session.language_title,
+        script_hash: session.script_hash,
+        script: session.script,
+        params_json,
+        context_json: session.context_json,
+        timeout_ms: session.timeout_ms,
+        memory_mb: session.memory_mb,
+        callback_url: None,
+        idempotency_key: None,
+        generation: 0,
+    }
+}
+
+/// `params` as JSON text: an object, `{}` when absent.
+pub(crate) fn params_json(params: Option<Value>) -> ApiResult<String> {
+    match params {
+        None | Some(Value::Null) => Ok("{}".to_owned()),
+        Some(v @ Value::Object(_)) => Ok(v.to_string()),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidParams,
+            "params must be a JSON object",
+        )),
+    }
+}
+
+/// The timeout and memory limit a function job's context asks for, within the maxima.
+fn limits(context: &Map<String, Value>, state: &AppState) -> ApiResult<(u64, u32)> {
+    let config = &state.config;
+    let max_timeout_ms = config.max_timeout_seconds * 1000;
+    let timeout_ms = match context.get("timeout_ms") {
+        None | Some(Value::Null) => config.runtime_timeout_seconds * 1000,
+        Some(v) => v
+            .as_u64()
+            .filter(|ms| (1..=max_timeout_ms).contains(ms))
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "context.timeout_ms must be an integer from 1 to {max_timeout_ms}"
+                ))
+            })?,
+    };
+    let memory_mb = match context.get("memory_mb") {
+        None | Some(Value::Null) => config.runtime_memory_mb,
+        Some(v) => v
+            .as_u64()
+            .filter(|mb| (16..=u64::from(config.max_memory_mb)).contains(mb))
+            .map(|mb| mb as u32)
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "context.memory_mb must be an integer from 16 to {}",
+                    config.max_memory_mb
+                ))
+            })?,
+    };
+    Ok((timeout_ms, memory_mb))
+}
+
+/// A header's text, if present; non-ASCII values are refused.
+pub(crate) fn header_text(headers: &HeaderMap, name: &str) -> ApiResult<Option<String>> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| ApiError::invalid_request(format!("{name} must be ASCII")))
+        })
+        .transpose()
+}

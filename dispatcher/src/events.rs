@@ -1,0 +1,159 @@
+//! Records what workers report about asynchronous jobs.
+//!
+//! Events are pulled from the durable consumer on `<PREFIX>_EVENTS` in batches
+//! and applied with one statement per kind per batch; they are acknowledged
+//! only after the batch committed, so a dispatcher that dies (or a database
+//! that goes away) loses nothing: the events are delivered again and the
+//! status guards make reapplying them harmless.
+
+use crate::records::{self, Terminal};
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt;
+use schemas::{codec, JobEvent, Subjects};
+use sqlx::PgPool;
+use std::{collections::HashMap, time::Duration};
+use uuid::Uuid;
+
+/// When events that could not be recorded are delivered again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Records job events; drive it with [`EventRecorder::process_next`].
+pub struct EventRecorder {
+    consumer: PullConsumer,
+    db: PgPool,
+    client: async_nats::Client,
+    subjects: Subjects,
+    batch: usize,
+}
+
+impl EventRecorder {
+    pub fn new(
+        consumer: PullConsumer,
+        db: PgPool,
+        client: async_nats::Client,
+        subjects: Subjects,
+        batch: usize,
+    ) -> Self {
+        Self {
+            consumer,
+            db,
+            client,
+            subjects,
+            batch: batch.max(1),
+        }
+    }
+
+    /// Pulls up to one batch of events (waiting at most `wait` for the
+    /// first), records them and acknowledges them; returns how many it took.
+    /// On a database error the events are given back (redelivered after a
+    /// second) and the error is returned.
+    pub async fn process_next(&self, wait: Duration) -> anyhow::Result<usize> {
+        // Take what is there without waiting; when nothing is, wait for the
+        // first event only, then take what came with it.
+        let mut batch = self.pull(self.batch, None).await?;
+        if batch.is_empty() {
+            batch = self.pull(1, Some(wait)).await?;
+            if !batch.is_empty() && self.batch > 1 {
+                batch.extend(self.pull(self.batch - 1, None).await?);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<JobEvent> = batch
+            .iter()
+            .filter_map(|m| match codec::decode::<JobEvent>(&m.payload) {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    tracing::warn!(subject = %m.subject, error = %e, "undecodable job event dropped");
+                    None
+                }
+            })
+            .collect();
+        if let Err(e) = self.apply(events).await {
+            for message in &batch {
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
+            }
+            return Err(e);
+        }
+        for message in &batch {
+            if let Err(e) = message.ack().await {
+                tracing::debug!(error = %e, "acknowledging an event");
+            }
+        }
+        Ok(batch.len())
+    }
+
+    /// Up to `max` events: those there now, or (with `wait`) as many as
+    /// arrive within it.
+    async fn pull(
+        &self,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Vec<jetstream::Message>> {
+        let mut messages = match wait {
+            None => self.consumer.fetch().max_messages(max).messages().await?,
+            Some(wait) => {
+                self.consumer
+                    .batch()
+                    .max_messages(max)
+                    .expires(wait)
+                    .messages()
+                    .await?
+            }
+        };
+        let mut batch = Vec::new();
+        while let Some(message) = messages.next().await {
+            batch.push(message.map_err(|e| anyhow::anyhow!(e))?);
+        }
+        Ok(batch)
+    }
+
+    async fn apply(&self, events: Vec<JobEvent>) -> anyhow::Result<()> {
+        let mut started: HashMap<Uuid, (u32, String)> = HashMap::new();
+        let mut ends = Vec::new();
+        for event in events {
+            match event.result {
+                None => {
+                    let entry = started.entry(event.job_id).or_insert((0, String::new()));
+                    if event.attempt >= entry.0 {
+                        *entry = (event.attempt, event.worker_id);
+                    }
+                }
+                Some(result) => ends.push(Terminal::from_result(
+                    result,
+                    event.attempt,
+                    event.worker_id,
+                )),
+            }
+        }
+        if !started.is_empty() {
+            let (ids, rest): (Vec<Uuid>, Vec<(u32, String)>) = started.into_iter().unzip();
+            let (attempts, workers): (Vec<i32>, Vec<String>) =
+                rest.into_iter().map(|(a, w)| (a as i32, w)).unzip();
+            sqlx::query(
+                "UPDATE jobs j SET status = 'running', attempts = GREATEST(j.attempts, t.attempt),
+                        started_at = now(), updated_at = now(), worker_id = t.worker
+                 FROM unnest($1::uuid[], $2::int[], $3::text[]) AS t(id, attempt, worker)
+                 WHERE j.job_id = t.id AND j.status IN ('queued', 'running')
+                   AND j.attempts <= t.attempt",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&workers)
+            .execute(&self.db)
+            .await?;
+        }
+        let finished = records::finish(&self.db, &ends).await?;
+        records::publish(&self.client, &self.subjects, &finished).await;
+        Ok(())
+    }
+}
+
+/// Creates the events stream and the dispatchers' durable consumer.
+pub async fn consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> anyhow::Result<PullConsumer> {
+    schemas::jetstream::ensure_events_consumer(js, subjects).await
+}

@@ -1,0 +1,171 @@
+//! Jobs published straight onto NATS by producers (`<prefix>.submit.<language_title>`).
+//!
+//! Dispatchers share the subscription (queue group `dispatchers`). A valid
+//! submission is stored as a job and published like any other; the reply (when
+//! the message has a reply subject) is `{"job_id","status"}`. An invalid one is
+//! answered with `{"error":{code,message}}` and kept in `rejected_submissions`,
+//! never silently dropped. `job_id` or a `Nats-Msg-Id` header makes a
+//! resubmission return the first job.
+
+mod resolve;
+
+use crate::publish;
+use async_nats::{jetstream, Message};
+use schemas::{
+    codec,
+    submit::{SubmitError, SubmitReply, SubmitRequest, MSGPACK_CONTENT_TYPE},
+    ErrorCode, LanguageTitle, Subjects,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use resolve::Limits;
+
+/// Queue group of the dispatchers' submit subscription.
+pub const QUEUE_GROUP: &str = "dispatchers";
+
+/// Handles direct submissions; drive it with [`Submissions::handle`].
+#[derive(Clone)]
+pub struct Submissions {
+    pub db: PgPool,
+    pub js: jetstream::Context,
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+    pub limits: Limits,
+    pub callback_allow_private: bool,
+}
+
+/// Why a submission was refused.
+pub(crate) struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(err: sqlx::Error) -> Self {
+        tracing::error!(error = %err, "storing a submission");
+        Self::new(
+            ErrorCode::Unavailable,
+            "the job could not be stored; submit it again",
+        )
+    }
+}
+
+impl Submissions {
+    /// Handles one submission: stores and publishes the job, or records the
+    /// refusal; replies if the message asks for it. Returns the reply.
+    pub async fn handle(&self, message: &Message) -> SubmitReply {
+        let reply = match self.accept(message).await {
+            Ok((job_id, status)) => SubmitReply::Accepted { job_id, status },
+            Err(refusal) => {
+                self.record_refusal(message, &refusal).await;
+                SubmitReply::Refused {
+                    error: SubmitError {
+                        code: refusal.code,
+                        message: refusal.message,
+                    },
+                }
+            }
+        };
+        if let Some(reply_to) = &message.reply {
+            let body = serde_json::to_vec(&reply).unwrap_or_default();
+            if let Err(e) = self.client.publish(reply_to.clone(), body.into()).await {
+                tracing::warn!(error = %e, "submission reply not sent");
+            }
+        }
+        reply
+    }
+
+    async fn accept(&self, message: &Message) -> Result<(Uuid, String), Refusal> {
+        let prefix = format!("{}.submit.", self.subjects.prefix());
+        let title: LanguageTitle = message
+            .subject
+            .as_str()
+            .strip_prefix(&prefix)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: schemas::LanguageTitleError| {
+                Refusal::new(ErrorCode::InvalidRequest, e.to_string())
+            })?;
+        let request = decode(message)?;
+        let msg_id = header(message, "Nats-Msg-Id");
+        let job_id = request
+            .job_id
+            .or_else(|| msg_id.as_deref().and_then(|m| m.parse().ok()))
+            .unwrap_or_else(Uuid::now_v7);
+        let key = msg_id
+            .filter(|m| m.parse::<Uuid>().is_err())
+            .map(|m| format!("nats:{m}"));
+        let job = self.resolve(&title, request, job_id, key).await?;
+        let inserted: Option<Uuid> = resolve::insert(&self.db, &job).await?;
+        if inserted.is_none() {
+            let first: Option<(Uuid, String)> = sqlx::query_as(
+                "SELECT job_id, status FROM jobs
+                 WHERE job_id = $1 OR (owner = $2 AND idempotency_key = $3)
+                 ORDER BY job_id = $1 DESC LIMIT 1",
+            )
+            .bind(job.job_id)
+            .bind(&job.owner)
+            .bind(&job.idempotency_key)
+            .fetch_optional(&self.db)
+            .await?;
+            return first.ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "submit it again"));
+        }
+        if let Err(e) = publish::republish(&self.db, &self.js, &self.subjects, &[job.job_id]).await
+        {
+            tracing::warn!(error = %e, "submitted job not published now; the sweeper will");
+        }
+        Ok((job.job_id, "queued".to_owned()))
+    }
+
+    async fn record_refusal(&self, message: &Message, refusal: &Refusal) {
+        tracing::info!(subject = %message.subject, code = %refusal.code, "submission refused");
+        let stored = sqlx::query(
+            "INSERT INTO rejected_submissions (subject, payload, code, message) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(message.subject.as_str())
+        .bind(message.payload.as_ref())
+        .bind(refusal.code.as_str())
+        .bind(&refusal.message)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, subject = %message.subject, "refused submission not recorded");
+        }
+    }
+}
+
+fn decode(message: &Message) -> Result<SubmitRequest, Refusal> {
+    let msgpack = header(message, "Content-Type")
+        .is_some_and(|v| v.eq_ignore_ascii_case(MSGPACK_CONTENT_TYPE));
+    let decoded = if msgpack {
+        codec::decode::<SubmitRequest>(&message.payload).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice::<SubmitRequest>(&message.payload).map_err(|e| e.to_string())
+    };
+    decoded.map_err(|e| {
+        Refusal::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid submission: {e}"),
+        )
+    })
+}
+
+/// A header's value, its name compared without regard to case.
+fn header(message: &Message, name: &str) -> Option<String> {
+    let (_, values) = message
+        .headers
+        .as_ref()?
+        .iter()
+        .find(|(n, _)| AsRef::<str>::as_ref(*n).eq_ignore_ascii_case(name))?;
+    values.first().map(|v| v.as_str().to_owned())
+}

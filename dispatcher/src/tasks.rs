@@ -1,0 +1,133 @@
+//! The dispatcher's long-running loops, each around a one-step function of
+//! its module, stopping when the shutdown token fires.
+
+use crate::{
+    callbacks::Callbacks, dead::DeadLetters, events::EventRecorder, reaper, submit::Submissions,
+    sweeper::Sweeper, Config,
+};
+use futures::StreamExt;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How long one pull for events waits.
+const EVENTS_WAIT: Duration = Duration::from_millis(500);
+/// Most callbacks being delivered at once.
+const MAX_DELIVERIES: usize = 256;
+
+pub(crate) async fn record_events(recorder: EventRecorder, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    // A step is never cut short: events it took are recorded and acknowledged
+    // (or given back) before the loop stops.
+    while !shutdown.is_cancelled() {
+        match recorder.process_next(EVENTS_WAIT).await {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let pause = Duration::from_millis(100 << failures.min(5));
+                tracing::warn!(error = %e, "recording job events failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn sweep(mut sweeper: Sweeper, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sweeper.sweep_once().await {
+            tracing::warn!(error = %e, "sweep failed; will retry");
+        }
+    }
+}
+
+pub(crate) async fn follow_dead_letters(
+    dead: DeadLetters,
+    mut messages: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = messages.next() => match message { Some(m) => m, None => break },
+        };
+        if let Err(e) = dead.handle_advisory(&message.payload).await {
+            tracing::warn!(error = %e, "max-deliveries advisory not handled; the sweeper will");
+        }
+    }
+}
+
+pub(crate) async fn serve_submissions(
+    submissions: Submissions,
+    mut messages: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    let running = TaskTracker::new();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = messages.next() => match message { Some(m) => m, None => break },
+        };
+        let submissions = submissions.clone();
+        running.spawn(async move { submissions.handle(&message).await });
+    }
+    running.close();
+    running.wait().await;
+}
+
+pub(crate) async fn deliver_callbacks(callbacks: Callbacks, shutdown: CancellationToken) {
+    let deliveries = TaskTracker::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if deliveries.len() >= MAX_DELIVERIES {
+            continue;
+        }
+        match callbacks.claim_due().await {
+            Ok(due) => {
+                for due in due {
+                    let callbacks = callbacks.clone();
+                    let stop = shutdown.clone();
+                    // Cut short at shutdown and released, so that another
+                    // dispatcher (or this one, restarted) delivers it.
+                    deliveries.spawn(async move {
+                        let job_id = due.job_id;
+                        tokio::select! {
+                            () = stop.cancelled() => callbacks.release(job_id).await,
+                            _ = callbacks.deliver(due) => {}
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming callbacks failed; will retry"),
+        }
+    }
+    deliveries.close();
+    deliveries.wait().await;
+}
+
+pub(crate) async fn reap(db: PgPool, config: Config, shutdown: CancellationToken) {
+    let retention = Duration::from_secs(config.session_retention_seconds);
+    let mut tick = tokio::time::interval(Duration::from_secs(config.reap_interval_seconds.max(1)));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match reaper::reap_expired_sessions(&db, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "removed expired sessions"),
+            Err(err) => tracing::warn!(error = %err, "session reaping failed; will retry"),
+        }
+    }
+}
