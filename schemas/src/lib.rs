@@ -7,6 +7,7 @@
 //! - [`subjects`]: NATS subject and stream names, all under one configurable prefix.
 //! - [`streams`]: the JetStream stream and consumer definitions kept in `nats/jetstream.json`.
 //! - [`heartbeat`]: what a worker announces about its runtimes.
+//! - [`compile`]: the compile request the API sends a worker at initialize.
 //! - [`codec`]: MessagePack encoding (`rmp_serde::to_vec_named`, so fields can be added).
 //!
 //! With the `jetstream` feature, [`jetstream`] creates those streams and consumers
@@ -14,6 +15,7 @@
 //! set-up and shutdown signal every binary shares.
 
 pub mod codec;
+pub mod compile;
 pub mod error;
 pub mod heartbeat;
 pub mod job;
@@ -27,6 +29,7 @@ pub mod jetstream;
 #[cfg(feature = "service")]
 pub mod service;
 
+pub use compile::{CompileRequest, CompileResult};
 pub use error::ErrorCode;
 pub use heartbeat::{RuntimeStatus, WorkerHeartbeat};
 pub use job::{script_hash, Job, JobError, JobResult};

@@ -49,6 +49,16 @@ impl Subjects {
         format!("{}.workers.heartbeat", self.prefix)
     }
 
+    /// Where compile requests for `language` go (core NATS request/reply).
+    pub fn compile(&self, language: Language) -> String {
+        format!("{}.compile.{}", self.prefix, language)
+    }
+
+    /// The queue group workers answer compile requests in, one answer each.
+    pub fn compile_queue_group(&self) -> &'static str {
+        "workers-compile"
+    }
+
     /// The inbox of one API instance, where workers publish results it waits for.
     pub fn replies(&self, instance: &str) -> String {
         format!("{}.replies.{}", self.prefix, instance)
@@ -88,5 +98,6 @@ mod tests {
         let t = Subjects::new("t-1a.x");
         assert_eq!(t.jobs_stream(), "T_1A_X_JOBS");
         assert_eq!(t.heartbeat(), "t-1a.x.workers.heartbeat");
+        assert_eq!(s.compile(Language::Rust), "lambda.compile.rust");
     }
 }

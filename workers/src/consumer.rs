@@ -172,7 +172,8 @@ impl JobRunner {
             job.params_json,
             job.context_json,
             timeout,
-        );
+        )
+        .map(|invocation| invocation.with_memory_mb(job.memory_mb));
         let mut result = match invocation {
             Err(error) => JobResult::failure(job.job_id, error, 0.0, Vec::new()),
             Ok(invocation) => {

@@ -3,12 +3,15 @@
 //! publishes the result to the job's reply subject.
 //!
 //! - [`App`] (`app`): built from a [`Config`], runs until cancelled.
+//! - `compile`: answers compile requests for `rust` and `wasm` at initialize.
 //! - `consumer`: the pull loop and what becomes of each job message.
 //! - `heartbeat`: announces the worker's runtimes and load.
-//! - [`runtime`]: the pool of warm instances and the Node.js runtime.
+//! - [`runtime`]: the pool of warm instances, the Node.js runtime, and the
+//!   wasmtime engine that runs `wasm` and `rust` (compiled by `runtime::rust`).
 //! - `supervisor`: starting, watching and stopping runtime processes.
 
 mod app;
+mod compile;
 mod config;
 mod consumer;
 mod heartbeat;

@@ -7,3 +7,4 @@ mod errors;
 mod execution;
 mod resilience;
 mod support;
+mod wasm;

@@ -29,6 +29,8 @@ pub struct Options {
     pub worker: bool,
     pub session_expiry_seconds: u64,
     pub max_script_size: usize,
+    /// What the worker serves.
+    pub languages: Vec<Language>,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             worker: true,
             session_expiry_seconds: 3600,
             max_script_size: 1024 * 1024,
+            languages: vec![Language::Nodejs, Language::Wasm, Language::Rust],
         }
     }
 }
@@ -106,6 +109,8 @@ impl Stack {
             wconfig.nats_url = nats_url();
             wconfig.nats_prefix = prefix.clone();
             wconfig.nodejs_pool_size = 2;
+            wconfig.languages = options.languages;
+            wconfig.wasm_concurrency = 2;
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
             let app = workers::App::build(wconfig).await.expect("worker starts");

@@ -3,10 +3,13 @@
 //! A [`Pool`] keeps a fixed number of warm [`Instance`]s of one language,
 //! hands each to one job at a time and replaces any that break. What an
 //! instance is comes from a [`Launcher`]: [`node::NodeLauncher`] starts
-//! Node.js processes; Python and a wasmtime slot pool plug in the same way.
+//! Node.js processes; [`wasm::WasmLauncher`] hands out slots of the
+//! process's wasmtime engine (for `wasm`, and `rust` compiled by [`rust`]).
 
 pub mod node;
 mod pool;
+pub mod rust;
+pub mod wasm;
 
 pub use pool::{Pool, Reservation};
 
@@ -27,6 +30,8 @@ pub struct Invocation {
     /// The `context` JSON text, checked to be valid JSON.
     pub context: Box<RawValue>,
     pub timeout: Duration,
+    /// Memory limit of the job in MiB; 0 leaves it to the runtime.
+    pub memory_mb: u32,
 }
 
 impl Invocation {
@@ -50,7 +55,14 @@ impl Invocation {
             context: json(context_json, "context")?,
             script,
             timeout,
+            memory_mb: 0,
         })
+    }
+
+    /// Sets the job's memory limit (0: the runtime's default).
+    pub fn with_memory_mb(mut self, memory_mb: u32) -> Self {
+        self.memory_mb = memory_mb;
+        self
     }
 }
 
