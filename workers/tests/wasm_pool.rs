@@ -262,6 +262,17 @@ async fn rust_handlers_compile_run_and_fail_like_the_contract_says() {
     }"#;
     let seen = run(&pool, context, json!({"n": 7})).await;
     assert_eq!(result(&seen), json!({"env": "test", "n": 7}));
+
+    // A panic is a runtime error that says why.
+    let panicked = run(&pool, ADD, json!({"a": 1})).await;
+    let (code, message, details) = error(&panicked);
+    assert_eq!(code, ErrorCode::RuntimeError);
+    assert!(message.contains("panicked at"), "{message}");
+    assert!(message.contains("None"), "{message}");
+    assert!(
+        details["trap"].as_str().unwrap().contains("unreachable"),
+        "{details}"
+    );
 }
 
 #[tokio::test]
@@ -330,6 +341,28 @@ async fn the_rust_compile_cache_is_reused() {
     assert_eq!(compiler.compilations(), before + 2);
     std::fs::remove_file(artifact).unwrap();
     std::fs::remove_file(compiler.artifacts_dir().join(format!("{hash}-O1.wasm"))).unwrap();
+}
+
+#[tokio::test]
+async fn a_compilation_past_its_timeout_is_stopped() {
+    let compiler = RustCompiler::new(RustOptions {
+        timeout: Duration::from_secs(1),
+        ..RustOptions::default()
+    })
+    .await
+    .unwrap();
+    compiler.prepare().await.unwrap();
+    // Any real compilation takes longer than a second.
+    let source = format!("// {}\n{ADD}", uuid::Uuid::new_v4());
+    let hash = schemas::script_hash(Language::Rust, &source);
+    let started = std::time::Instant::now();
+    let refused = compiler.compile(&hash, &source, "{}").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!refused.diagnostics.is_empty(), "{refused:?}");
 }
 
 #[tokio::test]

@@ -8,9 +8,10 @@
 //! the cache survives restarts. Compiling untrusted source is itself a risk
 //! (`include_str!("/etc/shadow")`, const-evaluation bombs): `rustc` runs
 //! through the supervisor (empty environment, own process group, killed on
-//! drop) with a timeout and bounded output and, when the worker runs as
-//! root, as the unprivileged user `nobody` (via `setpriv`), so that it reads
-//! only world-readable files and writes only its own build directory.
+//! drop) with a timeout, bounded output, OS resource limits (`prlimit`:
+//! address space, CPU time, file size) and, when the worker runs as root, as
+//! the unprivileged user `nobody` (`setpriv`), so that it reads only
+//! world-readable files and writes only its own build directory.
 //!
 //! - `deps`: building `serde_json` for the target.
 //! - `rustc`: one sandboxed compiler run.
@@ -72,8 +73,7 @@ pub struct RustCompiler {
     /// `<cache>/rust/<identity>`: what depends on the compiler lives here.
     dir: PathBuf,
     deps: OnceCell<PathBuf>,
-    /// Runs as this user when the worker is root.
-    sandbox: Option<rustc::Unprivileged>,
+    confinement: rustc::Confinement,
     compilations: AtomicU64,
 }
 
@@ -103,21 +103,13 @@ impl RustCompiler {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
         let is_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0)?;
-        let sandbox = if is_root {
-            let found = rustc::Unprivileged::find();
-            if found.is_none() {
-                tracing::warn!("setpriv not found: rustc runs as root, unsandboxed");
-            }
-            found
-        } else {
-            None
-        };
+        let confinement = rustc::Confinement::find(is_root);
         Ok(Self {
             rustc,
             options,
             dir,
             deps: OnceCell::new(),
-            sandbox,
+            confinement,
             compilations: AtomicU64::new(0),
         })
     }
@@ -190,7 +182,7 @@ impl RustCompiler {
             opt_level,
             deps,
             build_dir: &build_dir,
-            sandbox: self.sandbox.as_ref(),
+            confinement: &self.confinement,
             timeout: self.options.timeout,
             max_output_bytes: self.options.max_output_bytes,
         };

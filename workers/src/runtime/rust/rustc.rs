@@ -15,6 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Uid and gid of `nobody`.
 const NOBODY: u32 = 65534;
+/// Address space the compiler may map (it needs ~200 MiB for a handler).
+const RUSTC_ADDRESS_SPACE: u64 = 2 << 30;
+/// Largest file the compiler may write.
+const RUSTC_FILE_SIZE: u64 = 256 << 20;
 /// The output module's name inside the build directory.
 const OUTPUT: &str = "handler.wasm";
 /// Runs the compiler with a plain `PATH` (it finds its linker there) and its
@@ -62,27 +66,57 @@ fn main() {
 }
 "#;
 
-/// Drops privileges to `nobody` with util-linux `setpriv`.
+/// OS limits around the compiler (util-linux): `prlimit` bounds its address
+/// space, CPU time and file sizes; when the worker is root, `setpriv` runs
+/// it as `nobody`, so it reads only world-readable files.
 #[derive(Debug)]
-pub(super) struct Unprivileged {
-    setpriv: PathBuf,
+pub(super) struct Confinement {
+    prlimit: Option<PathBuf>,
+    setpriv: Option<PathBuf>,
 }
 
-impl Unprivileged {
-    pub(super) fn find() -> Option<Self> {
-        resolve_program("setpriv")
-            .ok()
-            .map(|setpriv| Self { setpriv })
+impl Confinement {
+    /// Finds the tools; `drop_privileges` when the worker runs as root.
+    pub(super) fn find(drop_privileges: bool) -> Self {
+        let setpriv = drop_privileges
+            .then(|| resolve_program("setpriv").ok())
+            .flatten();
+        if drop_privileges && setpriv.is_none() {
+            tracing::warn!("setpriv not found: rustc runs as root");
+        }
+        let prlimit = resolve_program("prlimit").ok();
+        if prlimit.is_none() {
+            tracing::warn!("prlimit not found: rustc runs without resource limits");
+        }
+        Self { prlimit, setpriv }
     }
 
-    fn args(&self) -> Vec<OsString> {
-        vec![
-            self.setpriv.clone().into(),
-            format!("--reuid={NOBODY}").into(),
-            format!("--regid={NOBODY}").into(),
-            "--clear-groups".into(),
-            "--no-new-privs".into(),
-        ]
+    fn drops_privileges(&self) -> bool {
+        self.setpriv.is_some()
+    }
+
+    /// The command prefix that applies the limits.
+    fn prefix(&self, timeout: Duration) -> Vec<OsString> {
+        let mut prefix = Vec::new();
+        if let Some(prlimit) = &self.prlimit {
+            prefix.extend([
+                prlimit.clone().into(),
+                format!("--as={RUSTC_ADDRESS_SPACE}").into(),
+                format!("--fsize={RUSTC_FILE_SIZE}").into(),
+                format!("--cpu={}", timeout.as_secs().max(1)).into(),
+                "--".into(),
+            ]);
+        }
+        if let Some(setpriv) = &self.setpriv {
+            prefix.extend([
+                setpriv.clone().into(),
+                format!("--reuid={NOBODY}").into(),
+                format!("--regid={NOBODY}").into(),
+                "--clear-groups".into(),
+                "--no-new-privs".into(),
+            ]);
+        }
+        prefix
     }
 }
 
@@ -95,7 +129,7 @@ pub(super) struct Run<'a> {
     pub(super) deps: &'a Path,
     /// An empty directory only this run uses.
     pub(super) build_dir: &'a Path,
-    pub(super) sandbox: Option<&'a Unprivileged>,
+    pub(super) confinement: &'a Confinement,
     pub(super) timeout: Duration,
     pub(super) max_output_bytes: usize,
 }
@@ -105,12 +139,12 @@ impl Run<'_> {
     /// compiler's diagnostics.
     pub(super) async fn compile(&self, source: &str) -> Result<PathBuf, CompileError> {
         let failed = |message: &str, e: std::io::Error| CompileError::new(message, e.to_string());
-        if self.sandbox.is_some() {
+        if self.confinement.drops_privileges() {
             std::os::unix::fs::chown(self.build_dir, Some(NOBODY), Some(NOBODY))
                 .map_err(|e| failed("cannot prepare the build directory", e))?;
         }
         let output = self.build_dir.join(OUTPUT);
-        let mut command: Vec<OsString> = self.sandbox.map(Unprivileged::args).unwrap_or_default();
+        let mut command = self.confinement.prefix(self.timeout);
         command.push(self.rustc.into());
         command.extend(self.rustc_args(&output));
         let mut args: Vec<OsString> = vec!["-c".into(), SHELL.into(), "rustc".into()];

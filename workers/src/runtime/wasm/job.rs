@@ -159,14 +159,17 @@ fn exit_error(code: i32, logs: &[String]) -> JobError {
 
 /// A trap or a failed instantiation.
 fn trap_error(error: &wasmtime::Error, logs: &[String], max_output_bytes: usize) -> JobError {
-    let message = match error.downcast_ref::<Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
-        None if error.to_string().contains("beyond capacity") => {
+    let last_log = logs.iter().rev().find(|line| !line.trim().is_empty());
+    // A Rust panic prints why on stderr, then aborts with a trap.
+    let panic = logs.iter().rev().find(|line| line.contains("panicked at"));
+    let message = match (error.downcast_ref::<Trap>(), panic) {
+        (Some(_), Some(panic)) => panic.clone(),
+        (Some(trap), None) => trap.to_string(),
+        (None, _) if error.to_string().contains("beyond capacity") => {
             format!("the script wrote more than {max_output_bytes} bytes")
         }
-        None => error.to_string(),
+        (None, _) => error.to_string(),
     };
-    let last_log = logs.iter().rev().find(|line| !line.trim().is_empty());
     JobError::new(ErrorCode::RuntimeError, message)
         .with_details(&json!({ "trap": format!("{error:#}"), "stderr": last_log }))
 }
