@@ -2,8 +2,9 @@
 //! script that does not compile is refused there, with the diagnostics, and
 //! nothing is stored), then executed in the worker's wasmtime engine.
 
-use crate::support::{assert_error, Stack};
+use crate::support::{assert_error, Options, Stack};
 use reqwest::StatusCode;
+use schemas::Language;
 use serde_json::json;
 
 const RUST_ADD: &str = r#"fn handler(params: Value, _context: Value) -> Result<Value, String> {
@@ -32,6 +33,13 @@ const WAT_ECHO: &str = r#"(module
 #[tokio::test]
 async fn rust_source_compiles_at_initialize_and_runs() {
     let stack = Stack::start().await;
+    let health = stack
+        .wait_for("the wasm and rust runtimes to be announced", |h| {
+            h["components"]["runtimes"]["rust"]["status"] == "ok"
+                && h["components"]["runtimes"]["wasm"]["status"] == "ok"
+        })
+        .await;
+    assert_eq!(health["components"]["runtimes"]["rust"]["capacity"], 2);
     let request_id = stack.session("rust-adder", RUST_ADD).await;
     let (status, body) = stack.execute(&request_id, json!({"a": 5, "b": 3})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -110,5 +118,40 @@ async fn wat_modules_compile_at_initialize_and_run() {
             .is_some_and(|d| !d.is_empty()),
         "{body}"
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_compiling_worker_initialize_is_503_and_stores_nothing() {
+    let stack = Stack::start_with(Options {
+        languages: vec![Language::Nodejs],
+        ..Options::default()
+    })
+    .await;
+    let response = stack
+        .http
+        .post(stack.url("/api/v1/initialize"))
+        .header("Language-Title", "rust-adder")
+        .header("Content-Type", "application/json")
+        .body(json!({"context": {}, "script_content": RUST_ADD}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
+
+    let (status, body) = stack
+        .post_raw(
+            "/api/v1/initialize",
+            &[
+                ("Language-Title", "rust-adder"),
+                ("Content-Type", "application/json"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
     stack.stop().await;
 }
