@@ -21,7 +21,7 @@ pub struct Config {
         long,
         env = "WORKER_LANGUAGES",
         value_delimiter = ',',
-        default_value = "nodejs"
+        default_value = "nodejs,wasm,rust"
     )]
     pub languages: Vec<Language>,
 
