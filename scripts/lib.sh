@@ -1,6 +1,6 @@
 # Shared by scripts/start.sh and scripts/test.sh: finds or installs and starts
 # what lambda-microservice needs (PostgreSQL, Redis, NATS with JetStream,
-# Node.js), reusing whatever already runs on the default ports.
+# Node.js, Python 3), reusing whatever already runs on the default ports.
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +38,16 @@ wait_port() {
 
 ensure_node() {
   command -v node >/dev/null || apt_install nodejs
+}
+
+# The system's Python 3, which the worker prefers over shims on PATH.
+ensure_python() {
+  [ -x /usr/bin/python3 ] || apt_install python3
+}
+
+# bubblewrap: the sandbox every runtime process of the workers runs in.
+ensure_bwrap() {
+  command -v bwrap >/dev/null || apt_install bubblewrap
 }
 
 ensure_psql() {
@@ -117,6 +127,8 @@ ensure_services() {
   ensure_rust
   ensure_rust_wasm
   ensure_node
+  ensure_python
+  ensure_bwrap
   ensure_postgres
   ensure_redis
   ensure_nats

@@ -20,4 +20,8 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "cargo test"
-cargo test --locked --workspace
+results="$RUN_DIR/test-output.log"
+cargo test --locked --workspace 2>&1 | tee "$results"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$results"

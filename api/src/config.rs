@@ -58,6 +58,10 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_body_size: usize,
 
+    /// The predefined functions' manifest folder, loaded at start.
+    #[arg(long, env = "FUNCTIONS_DIR", default_value = crate::catalogue::DEFAULT_DIR)]
+    pub functions_dir: std::path::PathBuf,
+
     /// How long a synchronous execute may wait for a free worker on top of
     /// the script's own timeout.
     #[arg(long, env = "QUEUE_WAIT_MS", default_value_t = 5000)]

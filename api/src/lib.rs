@@ -6,12 +6,14 @@
 //!
 //! - [`config`]: flags and environment.
 //! - [`routes`]: the HTTP routes; [`error`] and [`extract`] keep every answer JSON.
+//! - [`catalogue`]: the predefined functions, loaded from `FUNCTIONS_DIR` at start.
 //! - [`session`]: sessions in PostgreSQL behind the [`cache`] (Redis or in-process).
 //! - [`queue`]: publishes jobs and routes results back to waiting requests.
 //! - [`runtimes`]: which languages live workers serve, from their heartbeats.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
 
 pub mod cache;
+pub mod catalogue;
 pub mod config;
 pub mod error;
 pub mod executions;
@@ -61,6 +63,10 @@ impl App {
     /// Connects to PostgreSQL (applying migrations), Redis and NATS, and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = connect_db(&config.database_url).await?;
+        let predefined = catalogue::read_dir(&config.functions_dir)?;
+        catalogue::register(&db, &predefined)
+            .await
+            .context("registering the predefined functions")?;
         let cache = Cache::new(config.redis_url.as_deref()).context("configuring Redis")?;
         let nats = async_nats::ConnectOptions::new()
             .name("lambda-api")

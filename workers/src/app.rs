@@ -7,10 +7,12 @@ use crate::{
     heartbeat,
     runtime::{
         node::{NodeLauncher, NodeOptions},
+        python::{PythonLauncher, PythonOptions},
         rust::{RustCompiler, RustOptions},
         wasm::{WasmEngine, WasmLauncher, WasmOptions},
-        Launcher, Pool,
+        Launcher, Pool, PoolPolicy,
     },
+    sandbox::Sandbox,
     Config,
 };
 use anyhow::{bail, Context as _};
@@ -52,14 +54,29 @@ impl App {
         if languages.is_empty() {
             bail!("WORKER_LANGUAGES is empty");
         }
+        let sandbox = config.sandbox();
+        if sandbox.is_enabled() {
+            sandbox.check().await?;
+        } else {
+            tracing::warn!(
+                "WORKER_SANDBOX=off: scripts run UNCONFINED, with the worker's file system, \
+                 network and privileges; never do this outside development"
+            );
+        }
         let wasm = wasm_engine(&languages, &config).await?;
         let launchers = languages
             .iter()
-            .map(|&language| launcher(language, &config, wasm.as_ref()))
+            .map(|&language| launcher(language, &config, &sandbox, wasm.as_ref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pools = Vec::new();
         for (launcher, size) in launchers {
-            pools.push(Pool::start(launcher, size).await?);
+            let policy = PoolPolicy {
+                capacity: size,
+                prewarm: if config.prewarm { size } else { 0 },
+                max_uses: config.max_uses.max(1),
+                idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
+            };
+            pools.push(Pool::start_with(launcher, policy).await?);
         }
 
         let client = async_nats::ConnectOptions::new()
@@ -246,6 +263,7 @@ async fn wasm_engine(
 fn launcher(
     language: Language,
     config: &Config,
+    sandbox: &Sandbox,
     wasm: Option<&Arc<WasmEngine>>,
 ) -> anyhow::Result<(Box<dyn Launcher>, usize)> {
     match language {
@@ -257,17 +275,28 @@ fn launcher(
                 node_bin: config.node_bin.clone(),
                 memory_mb: config.nodejs_memory_mb,
                 max_output_bytes: config.max_output_bytes,
+                sandbox: sandbox.clone(),
             })
             .with_context(|| format!("WORKER_NODE_BIN={}", config.node_bin))?;
             Ok((Box::new(launcher), config.nodejs_pool_size))
+        }
+        Language::Python => {
+            if config.python_pool_size == 0 {
+                bail!("WORKER_PYTHON_POOL_SIZE must be at least 1");
+            }
+            let launcher = PythonLauncher::new(&PythonOptions {
+                python_bin: config.python_bin.clone(),
+                memory_mb: config.python_memory_mb,
+                max_output_bytes: config.max_output_bytes,
+                sandbox: sandbox.clone(),
+            })
+            .with_context(|| format!("WORKER_PYTHON_BIN={}", config.python_bin))?;
+            Ok((Box::new(launcher), config.python_pool_size))
         }
         Language::Rust | Language::Wasm => {
             let engine = wasm.context("the wasm engine is not running")?;
             let launcher = WasmLauncher::new(Arc::clone(engine), language)?;
             Ok((Box::new(launcher), config.wasm_concurrency))
         }
-        Language::Python => bail!(
-            "this worker cannot run {language} yet (it runs: nodejs, rust, wasm); remove it from WORKER_LANGUAGES"
-        ),
     }
 }

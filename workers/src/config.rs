@@ -1,7 +1,8 @@
 //! The worker's configuration: command-line flags, each also read from the
 //! environment variable named beside it.
 
-use clap::Parser;
+use crate::sandbox::{Sandbox, SandboxSettings};
+use clap::{Parser, ValueEnum};
 use schemas::{Language, Subjects};
 
 /// Settings of one worker process.
@@ -21,7 +22,7 @@ pub struct Config {
         long,
         env = "WORKER_LANGUAGES",
         value_delimiter = ',',
-        default_value = "nodejs,wasm,rust"
+        default_value = "nodejs,python,wasm,rust"
     )]
     pub languages: Vec<Language>,
 
@@ -29,13 +30,56 @@ pub struct Config {
     #[arg(long, env = "WORKER_NODEJS_POOL_SIZE", default_value_t = 2)]
     pub nodejs_pool_size: usize,
 
+    /// Jobs a runtime process runs before it is replaced by a fresh one.
+    #[arg(long, env = "WORKER_MAX_USES", default_value_t = 10_000)]
+    pub max_uses: u64,
+
+    /// Seconds a warm runtime may sit idle before it is stopped; it is
+    /// started again when a job needs it.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout_seconds: u64,
+
+    /// Start every runtime process at start-up (else on the first job).
+    #[arg(long, env = "WORKER_PREWARM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prewarm: bool,
+
     /// The `node` executable, a name on PATH or a path.
     #[arg(long, env = "WORKER_NODE_BIN", default_value = "node")]
     pub node_bin: String,
 
-    /// V8 heap limit of each Node.js process, in MiB.
+    /// V8 heap limit of each Node.js process, in MiB. Sandboxed, the whole
+    /// process (heap, buffers, threads, scratch files) is limited to this
+    /// plus 96 MiB plus WORKER_SCRATCH_MB.
     #[arg(long, env = "WORKER_NODEJS_MEMORY_MB", default_value_t = 128)]
     pub nodejs_memory_mb: u32,
+
+    /// Warm Python processes to keep.
+    #[arg(long, env = "WORKER_PYTHON_POOL_SIZE", default_value_t = 2)]
+    pub python_pool_size: usize,
+
+    /// The Python 3 interpreter, a name (looked up in /usr/bin, then on PATH)
+    /// or a path; resolved to its real path once at start.
+    #[arg(long, env = "WORKER_PYTHON_BIN", default_value = "python3")]
+    pub python_bin: String,
+
+    /// Memory a Python script may allocate beyond the interpreter's own, in MiB.
+    #[arg(long, env = "WORKER_PYTHON_MEMORY_MB", default_value_t = 128)]
+    pub python_memory_mb: u32,
+
+    /// `on`: every runtime process runs in the OS sandbox (bubblewrap,
+    /// seccomp, cgroups). `off`: unconfined, for development machines without
+    /// user namespaces only.
+    #[arg(long, env = "WORKER_SANDBOX", value_enum, default_value_t = SandboxMode::On)]
+    pub sandbox: SandboxMode,
+
+    /// uid (and gid) sandboxed runtimes run as; the worker, started as root,
+    /// drops to it for them.
+    #[arg(long, env = "WORKER_SANDBOX_UID", default_value_t = 65534)]
+    pub sandbox_uid: u32,
+
+    /// Size of each runtime process's private scratch directory (/tmp), in MiB.
+    #[arg(long, env = "WORKER_SCRATCH_MB", default_value_t = 64)]
+    pub scratch_mb: u32,
 
     /// wasm (and rust) jobs that may run at once, per language.
     #[arg(long, env = "WORKER_WASM_CONCURRENCY", default_value_t = default_wasm_concurrency())]
@@ -99,6 +143,24 @@ impl Config {
     pub fn from_env() -> Self {
         Self::parse_from(["workers"])
     }
+
+    /// The sandbox the runtimes run in.
+    pub fn sandbox(&self) -> Sandbox {
+        match self.sandbox {
+            SandboxMode::On => Sandbox::new(SandboxSettings {
+                uid: self.sandbox_uid,
+                scratch_mb: self.scratch_mb,
+            }),
+            SandboxMode::Off => Sandbox::disabled(),
+        }
+    }
+}
+
+/// Whether runtime processes are sandboxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    On,
+    Off,
 }
 
 /// Twice the available cores: wasm jobs run on threads, and many wait on nothing.
@@ -134,7 +196,13 @@ mod tests {
         ]);
         assert_eq!(config.languages, [Language::Nodejs, Language::Python]);
         assert_eq!(config.nodejs_pool_size, 4);
+        assert_eq!(config.python_pool_size, 2);
+        assert_eq!(config.python_bin, "python3");
         assert_eq!(config.max_output_bytes, 1024 * 1024);
+        assert_eq!(config.sandbox, SandboxMode::On);
+        assert!(config.sandbox().is_enabled());
+        let off = Config::parse_from(["workers", "--sandbox", "off"]);
+        assert!(!off.sandbox().is_enabled());
         assert!(config
             .worker_id
             .ends_with(&format!("-{}", std::process::id())));

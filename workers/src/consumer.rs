@@ -166,6 +166,9 @@ impl JobRunner {
             };
             timeout = timeout.min(Duration::from_millis(left));
         }
+        // A session's runs share the script's globals; a job without one
+        // gets globals of its own.
+        let scope = job.request_id.unwrap_or(job.job_id).to_string();
         let invocation = Invocation::new(
             self.pool.language(),
             job.script,
@@ -173,7 +176,11 @@ impl JobRunner {
             job.context_json,
             timeout,
         )
-        .map(|invocation| invocation.with_memory_mb(job.memory_mb));
+        .map(|invocation| {
+            invocation
+                .for_owner(job.owner, scope)
+                .with_memory_mb(job.memory_mb)
+        });
         let mut result = match invocation {
             Err(error) => JobResult::failure(job.job_id, error, 0.0, Vec::new()),
             Ok(invocation) => {

@@ -8,6 +8,7 @@
 //! - `heartbeat`: announces the worker's runtimes and load.
 //! - [`runtime`]: the pool of warm instances, the Node.js runtime, and the
 //!   wasmtime engine that runs `wasm` and `rust` (compiled by `runtime::rust`).
+//! - [`sandbox`]: the OS sandbox every runtime process runs in.
 //! - `supervisor`: starting, watching and stopping runtime processes.
 
 mod app;
@@ -16,7 +17,8 @@ mod config;
 mod consumer;
 mod heartbeat;
 pub mod runtime;
+pub mod sandbox;
 mod supervisor;
 
 pub use app::{App, AppHandle};
-pub use config::Config;
+pub use config::{Config, SandboxMode};

@@ -1,6 +1,8 @@
 //! The Node.js pool on its own, without NATS: the script contract, failures
 //! and recovery.
 
+mod common;
+
 use schemas::{ErrorCode, Language};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -191,22 +193,14 @@ async fn endless_loop_times_out_and_the_pool_recovers() {
 async fn child_killed_from_outside_fails_the_job_and_is_replaced() {
     let pool = pool(1).await;
     let pid = pool.pids()[0];
-    let marker = std::env::temp_dir().join(format!("started-{}", uuid::Uuid::new_v4()));
-    let script = "require('fs').writeFileSync(event.params.marker, '');\n\
+    let script = "require('fs').writeFileSync('/tmp/started', '');\n\
                   await new Promise((r) => setTimeout(r, 5000)); return 1;";
-    let job = invocation(script, json!({"marker": marker}), 10_000);
+    let job = invocation(script, json!({}), 10_000);
     let running = tokio::spawn({
         let pool = pool.clone();
         async move { pool.execute(&job).await }
     });
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !marker.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the script started");
-    let _ = std::fs::remove_file(&marker);
+    common::wait_for_scratch_file(pid, "started").await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

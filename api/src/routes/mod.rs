@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per domain.
 
 mod execute;
+mod functions;
 mod health;
 mod sessions;
 
@@ -20,7 +21,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1",
             Router::new()
                 .merge(sessions::router())
-                .merge(execute::router()),
+                .merge(execute::router())
+                .merge(functions::router()),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

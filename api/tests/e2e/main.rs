@@ -5,6 +5,9 @@
 
 mod errors;
 mod execution;
+mod functions;
+mod python;
 mod resilience;
+mod sandbox;
 mod support;
 mod wasm;

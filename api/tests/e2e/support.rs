@@ -29,7 +29,7 @@ pub struct Options {
     pub worker: bool,
     pub session_expiry_seconds: u64,
     pub max_script_size: usize,
-    /// What the worker serves.
+    /// What the worker serves (when there is one).
     pub languages: Vec<Language>,
 }
 
@@ -40,7 +40,7 @@ impl Default for Options {
             worker: true,
             session_expiry_seconds: 3600,
             max_script_size: 1024 * 1024,
-            languages: vec![Language::Nodejs, Language::Wasm, Language::Rust],
+            languages: vec![Language::Nodejs],
         }
     }
 }
@@ -108,8 +108,9 @@ impl Stack {
             let mut wconfig = workers::Config::from_env();
             wconfig.nats_url = nats_url();
             wconfig.nats_prefix = prefix.clone();
+            wconfig.languages = options.languages.clone();
             wconfig.nodejs_pool_size = 2;
-            wconfig.languages = options.languages;
+            wconfig.python_pool_size = 2;
             wconfig.wasm_concurrency = 2;
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
@@ -129,11 +130,13 @@ impl Stack {
             prefix,
         };
         if options.worker {
-            stack
-                .wait_for("the nodejs runtime to be announced", |h| {
-                    h["components"]["runtimes"]["nodejs"]["status"] == "ok"
-                })
-                .await;
+            for language in &options.languages {
+                stack
+                    .wait_for(&format!("the {language} runtime to be announced"), |h| {
+                        h["components"]["runtimes"][language.as_str()]["status"] == "ok"
+                    })
+                    .await;
+            }
         }
         stack
     }

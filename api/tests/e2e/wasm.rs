@@ -30,9 +30,18 @@ const WAT_ECHO: &str = r#"(module
     (i32.store (i32.const 4) (local.get $total))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#;
 
+/// A stack whose worker serves `wasm` and `rust` (and `nodejs`).
+async fn stack() -> Stack {
+    Stack::start_with(Options {
+        languages: vec![Language::Nodejs, Language::Wasm, Language::Rust],
+        ..Options::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn rust_source_compiles_at_initialize_and_runs() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let health = stack
         .wait_for("the wasm and rust runtimes to be announced", |h| {
             h["components"]["runtimes"]["rust"]["status"] == "ok"
@@ -64,7 +73,7 @@ async fn rust_source_compiles_at_initialize_and_runs() {
 
 #[tokio::test]
 async fn rust_that_does_not_compile_is_refused_at_initialize_and_not_stored() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let broken =
         "fn handler(params: Value, context: Value) -> Result<Value, String> { Ok(params + ) }";
     let (status, body) = stack.initialize("rust-broken", broken, json!({})).await;
@@ -99,7 +108,7 @@ async fn rust_that_does_not_compile_is_refused_at_initialize_and_not_stored() {
 
 #[tokio::test]
 async fn wat_modules_compile_at_initialize_and_run() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let request_id = stack.session("wasm-echo", WAT_ECHO).await;
     let (status, body) = stack.execute(&request_id, json!({"x": [1, 2]})).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -3,15 +3,20 @@
 //! A [`Pool`] keeps a fixed number of warm [`Instance`]s of one language,
 //! hands each to one job at a time and replaces any that break. What an
 //! instance is comes from a [`Launcher`]: [`node::NodeLauncher`] starts
-//! Node.js processes; [`wasm::WasmLauncher`] hands out slots of the
-//! process's wasmtime engine (for `wasm`, and `rust` compiled by [`rust`]).
+//! Node.js processes, [`python::PythonLauncher`] Python processes, both
+//! through the shared runner `process` and line `protocol` modules;
+//! [`wasm::WasmLauncher`] hands out slots of the process's wasmtime engine
+//! (for `wasm`, and `rust` compiled by [`rust`]).
 
 pub mod node;
 mod pool;
+mod process;
+mod protocol;
+pub mod python;
 pub mod rust;
 pub mod wasm;
 
-pub use pool::{Pool, Reservation};
+pub use pool::{Pool, PoolPolicy, Reservation};
 
 use futures::future::BoxFuture;
 use schemas::{ErrorCode, JobError, Language};
@@ -30,6 +35,11 @@ pub struct Invocation {
     /// The `context` JSON text, checked to be valid JSON.
     pub context: Box<RawValue>,
     pub timeout: Duration,
+    /// Whose code this is: an instance never runs two owners' code.
+    pub owner: String,
+    /// What the script's globals are kept for: runs with the same scope
+    /// (a session) share them, other scopes never see them.
+    pub scope: String,
     /// Memory limit of the job in MiB; 0 leaves it to the runtime.
     pub memory_mb: u32,
 }
@@ -55,8 +65,17 @@ impl Invocation {
             context: json(context_json, "context")?,
             script,
             timeout,
+            owner: String::new(),
+            scope: String::new(),
             memory_mb: 0,
         })
+    }
+
+    /// Sets the owner and the scope of the script's globals.
+    pub fn for_owner(mut self, owner: impl Into<String>, scope: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self.scope = scope.into();
+        self
     }
 
     /// Sets the job's memory limit (0: the runtime's default).
@@ -95,6 +114,8 @@ pub enum RuntimeError {
     ShuttingDown(Language),
     #[error("could not hand the job to the runtime: {0}")]
     NotStarted(#[source] std::io::Error),
+    #[error(transparent)]
+    NotLaunched(#[from] LaunchError),
 }
 
 /// Why a runtime instance could not be started.

@@ -1,9 +1,13 @@
-//! A fixed-size pool of warm instances of one runtime.
+//! A pool of warm instances of one runtime.
 //!
-//! Free instances sit in `idle`; the semaphore has one permit per idle
-//! instance, so a [`Reservation`] (a permit) guarantees an instance to run on.
-//! An instance that breaks is stopped and replaced in the background, with
-//! backoff when starting fails, so the pool returns to full size by itself.
+//! The pool has `capacity` slots (a semaphore); a [`Reservation`] holds one.
+//! Warm instances wait in `idle`. A job runs on an idle instance of the same
+//! owner if there is one, else on a fresh one: an instance that ran one
+//! owner's code never runs another's (it is stopped and a fresh one started
+//! instead). Instances are also replaced after `max_uses` jobs, when they
+//! break, and stopped after `idle_timeout` without work; a slot without a
+//! warm instance starts one on demand. Broken instances are replaced in the
+//! background, with backoff when starting fails.
 
 use super::{Execution, Instance, Invocation, LaunchError, Launcher, RuntimeError};
 use schemas::Language;
@@ -21,6 +25,32 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How a pool keeps its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// Jobs run at once, and warm instances kept at most.
+    pub capacity: usize,
+    /// Warm instances started with the pool.
+    pub prewarm: usize,
+    /// Jobs an instance runs before it is replaced by a fresh one.
+    pub max_uses: u64,
+    /// An instance idle this long is stopped (and started again on demand).
+    pub idle_timeout: Duration,
+}
+
+impl PoolPolicy {
+    /// `capacity` slots, all prewarmed, recycled after 10,000 jobs, idle
+    /// instances stopped after 5 minutes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            prewarm: capacity,
+            max_uses: 10_000,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Warm instances of one language; cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
@@ -29,42 +59,54 @@ pub struct Pool {
 
 struct Inner {
     launcher: Box<dyn Launcher>,
-    capacity: usize,
+    policy: PoolPolicy,
     idle: Mutex<Vec<Member>>,
-    available: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     busy: AtomicUsize,
     pids: Mutex<BTreeMap<u64, u32>>,
     next_member: AtomicU64,
-    replacements: TaskTracker,
+    background: TaskTracker,
     closing: CancellationToken,
 }
 
 struct Member {
     id: u64,
     instance: Box<dyn Instance>,
+    /// The owner whose code this instance has run, if any yet.
+    owner: Option<String>,
+    uses: u64,
+    last_used: Instant,
 }
 
 impl Pool {
-    /// Starts `capacity` instances and returns once all of them are ready.
+    /// Starts a pool of `capacity` prewarmed instances with the default policy.
     pub async fn start(launcher: Box<dyn Launcher>, capacity: usize) -> Result<Self, LaunchError> {
+        Self::start_with(launcher, PoolPolicy::new(capacity)).await
+    }
+
+    /// Starts a pool; returns once the prewarmed instances are ready.
+    pub async fn start_with(
+        launcher: Box<dyn Launcher>,
+        policy: PoolPolicy,
+    ) -> Result<Self, LaunchError> {
         let pool = Self {
             inner: Arc::new(Inner {
                 launcher,
-                capacity,
+                policy,
                 idle: Mutex::default(),
-                available: Arc::new(Semaphore::new(0)),
+                slots: Arc::new(Semaphore::new(policy.capacity)),
                 busy: AtomicUsize::new(0),
                 pids: Mutex::default(),
                 next_member: AtomicU64::new(0),
-                replacements: TaskTracker::new(),
+                background: TaskTracker::new(),
                 closing: CancellationToken::new(),
             }),
         };
+        let prewarm = policy.prewarm.min(policy.capacity);
         let members =
-            futures::future::try_join_all((0..capacity).map(|_| pool.launch_member())).await?;
-        for member in members {
-            pool.put_back(member);
-        }
+            futures::future::try_join_all((0..prewarm).map(|_| pool.launch_member())).await?;
+        lock(&pool.inner.idle).extend(members);
+        pool.spawn_idle_reaper();
         Ok(pool)
     }
 
@@ -72,9 +114,9 @@ impl Pool {
         self.inner.launcher.language()
     }
 
-    /// How many instances the pool keeps.
+    /// How many jobs the pool runs at once.
     pub fn capacity(&self) -> usize {
-        self.inner.capacity
+        self.inner.policy.capacity
     }
 
     /// How many instances are running a job now.
@@ -87,9 +129,14 @@ impl Pool {
         lock(&self.inner.pids).values().copied().collect()
     }
 
-    /// Waits until an instance is free and reserves it.
+    /// How many warm instances wait for a job.
+    pub fn warm(&self) -> usize {
+        lock(&self.inner.idle).len()
+    }
+
+    /// Waits until a slot is free and reserves it.
     pub async fn reserve(&self) -> Result<Reservation, RuntimeError> {
-        let permit = Arc::clone(&self.inner.available)
+        let permit = Arc::clone(&self.inner.slots)
             .acquire_owned()
             .await
             .map_err(|_| RuntimeError::ShuttingDown(self.language()))?;
@@ -99,16 +146,16 @@ impl Pool {
         })
     }
 
-    /// Reserves a free instance if there is one right now.
+    /// Reserves a free slot if there is one right now.
     pub fn try_reserve(&self) -> Option<Reservation> {
-        let permit = Arc::clone(&self.inner.available).try_acquire_owned().ok()?;
+        let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
         Some(Reservation {
             pool: self.clone(),
             permit,
         })
     }
 
-    /// Runs one job on the next free instance.
+    /// Runs one job on the next free slot.
     pub async fn execute(&self, invocation: &Invocation) -> Result<Execution, RuntimeError> {
         self.reserve().await?.execute(invocation).await
     }
@@ -117,11 +164,11 @@ impl Pool {
     /// for each. Instances still running a job are stopped when it ends.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.closing.cancel();
-        self.inner.available.close();
+        self.inner.slots.close();
         let idle = std::mem::take(&mut *lock(&self.inner.idle));
         futures::future::join_all(idle.into_iter().map(|m| self.retire(m).stop(grace))).await;
-        self.inner.replacements.close();
-        self.inner.replacements.wait().await;
+        self.inner.background.close();
+        self.inner.background.wait().await;
     }
 
     async fn launch_member(&self) -> Result<Member, LaunchError> {
@@ -130,7 +177,26 @@ impl Pool {
         if let Some(pid) = instance.pid() {
             lock(&self.inner.pids).insert(id, pid);
         }
-        Ok(Member { id, instance })
+        Ok(Member {
+            id,
+            instance,
+            owner: None,
+            uses: 0,
+            last_used: Instant::now(),
+        })
+    }
+
+    /// Takes the idle instance that may run `owner`'s code: one that already
+    /// ran it (most recently used first), else a fresh one. An instance of
+    /// another owner is handed out only to be stopped (`Err`).
+    fn take_idle(&self, owner: &str) -> Option<Result<Member, Member>> {
+        let mut idle = lock(&self.inner.idle);
+        let same = idle.iter().rposition(|m| m.owner.as_deref() == Some(owner));
+        let fresh = || idle.iter().rposition(|m| m.owner.is_none());
+        if let Some(i) = same.or_else(fresh) {
+            return Some(Ok(idle.remove(i)));
+        }
+        idle.pop().map(Err)
     }
 
     fn retire(&self, member: Member) -> Box<dyn Instance> {
@@ -138,17 +204,30 @@ impl Pool {
         member.instance
     }
 
+    /// Stops an instance in the background.
+    fn stop_later(&self, member: Member) {
+        let instance = self.retire(member);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.inner
+                .background
+                .spawn_on(instance.stop(Duration::ZERO), &runtime);
+        }
+    }
+
+    /// Returns a warm instance to `idle`, unless the pool is closing or
+    /// already keeps as many as it has slots.
     fn put_back(&self, member: Member) {
-        if self.inner.closing.is_cancelled() {
+        let mut idle = lock(&self.inner.idle);
+        if self.inner.closing.is_cancelled() || idle.len() + self.busy() >= self.capacity() {
+            drop(idle);
             // Dropping kills the process (`kill_on_drop`).
             drop(self.retire(member));
             return;
         }
-        lock(&self.inner.idle).push(member);
-        self.inner.available.add_permits(1);
+        idle.push(member);
     }
 
-    /// Stops a broken instance and starts its successor in the background.
+    /// Stops a used-up or broken instance and warms a fresh one in the background.
     fn replace(&self, member: Member) {
         let old = self.retire(member);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -177,36 +256,85 @@ impl Pool {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         };
-        self.inner.replacements.spawn_on(task, &runtime);
+        self.inner.background.spawn_on(task, &runtime);
+    }
+
+    /// Stops instances idle for longer than the policy allows.
+    fn spawn_idle_reaper(&self) {
+        let timeout = self.inner.policy.idle_timeout;
+        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+        let pool = Arc::downgrade(&self.inner);
+        let closing = self.inner.closing.clone();
+        self.inner.background.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = closing.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let Some(inner) = pool.upgrade() else { return };
+                let pool = Pool { inner };
+                let expired: Vec<Member> = {
+                    let mut idle = lock(&pool.inner.idle);
+                    let (old, keep) = std::mem::take(&mut *idle)
+                        .into_iter()
+                        .partition(|m| m.last_used.elapsed() >= timeout);
+                    *idle = keep;
+                    old
+                };
+                if !expired.is_empty() {
+                    tracing::info!(language = %pool.language(), stopped = expired.len(), "stopping idle runtimes");
+                }
+                for member in expired {
+                    pool.stop_later(member);
+                }
+            }
+        });
     }
 }
 
-/// A free instance set aside for one job; dropping it unused frees it again.
+/// A slot set aside for one job; dropping it unused frees it again.
 pub struct Reservation {
     pool: Pool,
     permit: OwnedSemaphorePermit,
 }
 
 impl Reservation {
-    /// Runs one job on the reserved instance.
+    /// Runs one job on an instance that may run its owner's code, starting
+    /// one if no such instance is warm.
     pub async fn execute(self, invocation: &Invocation) -> Result<Execution, RuntimeError> {
         let Self { pool, permit } = self;
-        let member = lock(&pool.inner.idle).pop();
-        let Some(member) = member else {
+        if pool.inner.closing.is_cancelled() {
             return Err(RuntimeError::ShuttingDown(pool.language()));
-        };
-        permit.forget();
+        }
         pool.inner.busy.fetch_add(1, Ordering::Relaxed);
         let mut lease = Lease {
-            pool,
-            member: Some(member),
+            pool: pool.clone(),
+            member: None,
             reusable: false,
+            _permit: permit,
         };
-        let instance = &mut lease.member.as_mut().expect("leased").instance;
+        let mut member = match pool.take_idle(&invocation.owner) {
+            Some(Ok(member)) => member,
+            Some(Err(other_owner)) => {
+                pool.stop_later(other_owner);
+                pool.launch_member()
+                    .await
+                    .map_err(RuntimeError::NotLaunched)?
+            }
+            None => pool
+                .launch_member()
+                .await
+                .map_err(RuntimeError::NotLaunched)?,
+        };
+        member.owner = Some(invocation.owner.clone());
+        member.uses += 1;
+        let instance = &mut lease.member.insert(member).instance;
         let started = Instant::now();
         let report = instance.run(invocation).await?;
         let elapsed = started.elapsed();
-        lease.reusable = report.reusable;
+        let member = lease.member.as_mut().expect("leased");
+        member.last_used = Instant::now();
+        lease.reusable = report.reusable && member.uses < pool.inner.policy.max_uses;
         Ok(Execution {
             outcome: report.outcome,
             logs: report.logs,
@@ -216,11 +344,13 @@ impl Reservation {
 }
 
 /// An instance out of the pool. However the job ends (even if its future is
-/// dropped half-way), the instance goes back or gets replaced.
+/// dropped half-way), the instance goes back or gets replaced, then the slot
+/// is freed.
 struct Lease {
     pool: Pool,
     member: Option<Member>,
     reusable: bool,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Lease {

@@ -3,18 +3,18 @@
 //! function body run as `async (event, context) => { … }`, or a module
 //! exporting a handler.
 
-mod process;
-mod protocol;
-
-use super::{Instance, LaunchError, Launcher};
-use crate::supervisor::{resolve_program, ProcessSpec};
+use super::{process::RunnerSpec, Instance, LaunchError, Launcher};
+use crate::{
+    sandbox::Sandbox,
+    supervisor::{resolve_program, ProcessSpec},
+};
 use futures::future::BoxFuture;
-use process::NodeProcess;
 use schemas::Language;
 
 const RUNNER_JS: &str = include_str!("runner.js");
-/// Room for the logs, the error stack and the framing of a response.
-const RESPONSE_HEADROOM: usize = 64 * 1024;
+/// Memory a Node.js process needs beyond its V8 old space: the young
+/// generation, code, stacks and the runtime itself.
+const PROCESS_OVERHEAD_MB: u32 = 96;
 
 /// How to start Node.js processes.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct NodeOptions {
     pub memory_mb: u32,
     /// Bound on a result, and separately on the logs of one job.
     pub max_output_bytes: usize,
+    /// Where the processes run; the process memory limit is `memory_mb`
+    /// plus what Node.js needs besides its heap.
+    pub sandbox: Sandbox,
 }
 
 impl Default for NodeOptions {
@@ -33,14 +36,14 @@ impl Default for NodeOptions {
             node_bin: "node".to_owned(),
             memory_mb: 128,
             max_output_bytes: 1024 * 1024,
+            sandbox: Sandbox::default(),
         }
     }
 }
 
-/// Starts [`NodeProcess`]es.
+/// Starts warm `node` processes.
 pub struct NodeLauncher {
-    spec: ProcessSpec,
-    max_line_bytes: usize,
+    runner: RunnerSpec,
 }
 
 impl NodeLauncher {
@@ -54,13 +57,18 @@ impl NodeLauncher {
             options.max_output_bytes.to_string().into(),
         ];
         Ok(Self {
-            spec: ProcessSpec {
-                program,
-                args,
-                label: Language::Nodejs.as_str(),
-            },
-            // A response carries the result and the logs, each within the limit.
-            max_line_bytes: 2 * options.max_output_bytes + RESPONSE_HEADROOM,
+            runner: RunnerSpec::new(
+                ProcessSpec {
+                    program,
+                    args,
+                    label: Language::Nodejs.as_str(),
+                    memory_mb: options.memory_mb.saturating_add(PROCESS_OVERHEAD_MB),
+                    sandbox: options.sandbox.clone(),
+                },
+                Language::Nodejs,
+                options.max_output_bytes,
+                options.memory_mb,
+            ),
         })
     }
 }
@@ -71,14 +79,6 @@ impl Launcher for NodeLauncher {
     }
 
     fn launch(&self) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
-        Box::pin(async {
-            match NodeProcess::start(&self.spec, self.max_line_bytes).await {
-                Ok(process) => Ok(Box::new(process) as Box<dyn Instance>),
-                Err(message) => Err(LaunchError {
-                    language: Language::Nodejs,
-                    message,
-                }),
-            }
-        })
+        self.runner.launch()
     }
 }

@@ -3,7 +3,7 @@
 // `node -e <this file> <output limit in bytes>`.
 //
 // Protocol: one JSON request per line on stdin,
-//   {"id","hash","script","params","context"}
+//   {"id","scope","hash","script","params","context"}
 // one JSON response per line on fd 1,
 //   {"id","ok":true,"result","logs"} or {"id","ok":false,"error":{name,message,stack,line},"logs"}
 // plus `"recycle":true` when the process should not be trusted with another job.
@@ -12,13 +12,11 @@
 const fs = require('fs');
 const readline = require('readline');
 const util = require('util');
+const vm = require('vm');
 
 const OUTPUT_LIMIT = Number(process.argv[1]) || 1024 * 1024;
 const CACHE_LIMIT = 256;
-// `new AsyncFunction(args, body)` and `new Function(args, body)` put the body
-// two lines below the top of the source they compile.
-const WRAPPER_LINES = 2;
-const AsyncFunction = (async () => {}).constructor;
+const SCRIPT_FILE = 'script.js';
 const scriptRequire = require;
 
 // Scripts get `require` as an argument, not as a global of the eval context.
@@ -68,42 +66,73 @@ for (const level of ['log', 'info', 'warn', 'error', 'debug', 'trace']) {
   console[level] = capture;
 }
 
-const cache = new Map(); // hash -> handler, oldest first.
+// Each scope (a session, or a job without one) runs its scripts in a V8
+// context of its own, so scripts never see each other's globals or
+// prototypes; runs of one session share theirs, as a warm function does.
+// Not a security boundary: the OS sandbox around this process is.
+const SCOPE_LIMIT = 64;
+const scopes = new Map(); // scope -> {context, parse, handlers}, oldest first.
 
-function compile(script) {
+function touch(map, key, value, limit) {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > limit) map.delete(map.keys().next().value);
+}
+
+function newScope() {
+  const context = vm.createContext({
+    console,
+    process,
+    setTimeout, clearTimeout, setInterval, clearInterval, setImmediate, clearImmediate,
+    queueMicrotask, structuredClone, atob, btoa,
+    Buffer, URL, URLSearchParams, TextEncoder, TextDecoder, AbortController,
+  });
+  return { context, parse: vm.runInContext('JSON.parse', context), handlers: new Map() };
+}
+
+function scopeFor(name) {
+  const scope = scopes.get(name) || newScope();
+  touch(scopes, name, scope, SCOPE_LIMIT);
+  return scope;
+}
+
+// The script is wrapped in a function whose first line is the wrapper, so
+// `lineOffset: -1` makes stack traces count the script's own lines.
+function evaluate(scope, head, script) {
+  return vm.runInContext(head + '\n' + script + '\n})', scope.context, {
+    filename: SCRIPT_FILE,
+    lineOffset: -1,
+  });
+}
+
+function compile(scope, script) {
   if (/module\.exports|exports\./.test(script)) {
-    const module = { exports: {} };
-    new Function('module', 'exports', 'require', script)(module, module.exports, scriptRequire);
+    const module = vm.runInContext('({exports: {}})', scope.context);
+    evaluate(scope, '(function (module, exports, require) {', script)(module, module.exports, scriptRequire);
     const exported = module.exports;
     if (exported && typeof exported.handler === 'function') return exported.handler;
     if (typeof exported === 'function') return exported;
     throw new TypeError('module does not export a handler');
   }
-  return new AsyncFunction('event', 'context', 'require', script);
+  return evaluate(scope, '(async function (event, context, require) {', script);
 }
 
-function handlerFor(hash, script) {
-  let handler = cache.get(hash);
-  if (handler === undefined) {
-    handler = compile(script);
-  } else {
-    cache.delete(hash);
-  }
-  cache.set(hash, handler);
-  if (cache.size > CACHE_LIMIT) cache.delete(cache.keys().next().value);
+function handlerFor(scope, hash, script) {
+  let handler = scope.handlers.get(hash);
+  if (handler === undefined) handler = compile(scope, script);
+  touch(scope.handlers, hash, handler, CACHE_LIMIT);
   return handler;
 }
 
 function describe(error) {
-  if (!(error instanceof Error)) {
+  // Errors thrown in a script's context are not `instanceof Error` here.
+  if (!util.types.isNativeError(error) && !(error instanceof Object && 'stack' in error)) {
     return { name: 'Error', message: String(error), stack: null, line: null };
   }
   const stack = String(error.stack || '');
-  const frames = stack
-    .split('\n')
-    .filter((l) => !/^\s+at /.test(l) || l.includes('<anonymous>'));
-  const match = /<anonymous>:(\d+):\d+/.exec(stack);
-  const line = match ? Number(match[1]) - WRAPPER_LINES : null;
+  const frames = stack.split('\n').filter((l) => !/^\s+at /.test(l) || l.includes(SCRIPT_FILE));
+  const match = /script\.js:(\d+):\d+/.exec(stack);
+  const line = match ? Number(match[1]) : null;
   return {
     name: String(error.name || 'Error'),
     message: String(error.message),
@@ -145,9 +174,10 @@ async function run(request) {
   const job = { id: request.id, logs: [], logBytes: 0, truncated: false, done: false };
   current = job;
   try {
-    const handler = handlerFor(request.hash, request.script);
-    const event = { params: request.params, context: request.context };
-    const result = await handler(event, request.context, scriptRequire);
+    const scope = scopeFor(request.scope);
+    const handler = handlerFor(scope, request.hash, request.script);
+    const event = scope.parse(JSON.stringify({ params: request.params, context: request.context }));
+    const result = await handler(event, event.context, scriptRequire);
     finish(job, ',"ok":true,"result":' + serialise(result), false);
   } catch (error) {
     fail(job, error, false);

@@ -4,7 +4,8 @@
 use super::deps::dependency_path;
 use crate::{
     runtime::wasm::CompileError,
-    supervisor::{describe_exit, resolve_program, ProcessSpec, Supervised},
+    sandbox::Sandbox,
+    supervisor::{resolve_program, ProcessSpec, Supervised},
 };
 use std::{
     ffi::OsString,
@@ -149,10 +150,15 @@ impl Run<'_> {
         command.extend(self.rustc_args(&output));
         let mut args: Vec<OsString> = vec!["-c".into(), SHELL.into(), "rustc".into()];
         args.extend(command);
+        // Not the runtimes' bubblewrap sandbox: it shows the compiler neither
+        // the built crates nor a build directory. The confinement above
+        // (rlimits, uid `nobody`) applies instead.
         let spec = ProcessSpec {
             program: resolve_program("sh").map_err(|e| failed("no shell to run rustc", e))?,
             args,
             label: "rustc",
+            memory_mb: u32::try_from(RUSTC_ADDRESS_SPACE >> 20).unwrap_or(u32::MAX),
+            sandbox: Sandbox::disabled(),
         };
         let (mut child, pipes) =
             Supervised::spawn(&spec).map_err(|e| failed("cannot start rustc", e))?;
@@ -177,12 +183,12 @@ impl Run<'_> {
             ));
         };
         program.clear();
-        let status = child.wait_or_kill(Duration::from_secs(5)).await;
-        if status.is_some_and(|s| s.success()) && output.is_file() {
+        let ending = child.wait_or_kill(Duration::from_secs(5)).await;
+        if ending.status.is_some_and(|s| s.success()) && output.is_file() {
             return Ok(output);
         }
         let diagnostics = if diagnostics.trim().is_empty() {
-            format!("rustc failed: {}", describe_exit(status))
+            format!("rustc failed: {}", ending.describe())
         } else {
             diagnostics
         };

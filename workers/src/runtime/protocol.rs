@@ -1,5 +1,5 @@
-//! The line protocol between the pool and `runner.js`: one JSON object per
-//! line each way. Requests are assembled from the job's JSON text without
+//! The line protocol between a runtime process and its runner (`runner.js`,
+//! `runner.py`): one JSON object per line each way. Requests are assembled from the job's JSON text without
 //! parsing it again; the result JSON text of a response is taken as is.
 
 use crate::runtime::Invocation;
@@ -18,10 +18,13 @@ pub(super) fn request_line(id: u64, invocation: &Invocation) -> String {
     let quoted = |text: &str| serde_json::to_string(text).expect("a string serialises");
     let script = quoted(&invocation.script);
     let hash = quoted(&invocation.script_hash);
+    let scope = quoted(&invocation.scope);
     let params = single_line(invocation.params.get());
     let context = single_line(invocation.context.get());
     let mut line = String::with_capacity(script.len() + params.len() + context.len() + 160);
-    line.push_str(&format!("{{\"id\":{id},\"hash\":{hash},\"script\":"));
+    line.push_str(&format!(
+        "{{\"id\":{id},\"scope\":{scope},\"hash\":{hash},\"script\":"
+    ));
     line.push_str(&script);
     line.push_str(",\"params\":");
     line.push_str(&params);
@@ -61,6 +64,10 @@ pub(super) struct Response<'a> {
 /// What the runner reports about an error the script threw.
 #[derive(Debug, Deserialize, PartialEq)]
 struct ScriptError {
+    /// Set only when the error is not a `RUNTIME_ERROR`: `MEMORY_LIMIT` when
+    /// the script ran out of memory. Other codes are not the runner's to give.
+    #[serde(default)]
+    code: Option<ErrorCode>,
     name: String,
     message: String,
     #[serde(default)]
@@ -87,11 +94,11 @@ impl Response<'_> {
             "line": e.line,
             "stack": e.stack,
         });
-        Err(JobError::new(
-            ErrorCode::RuntimeError,
-            format!("{}: {}", e.name, e.message),
-        )
-        .with_details(&details))
+        let code = match e.code {
+            Some(ErrorCode::MemoryLimit) => ErrorCode::MemoryLimit,
+            _ => ErrorCode::RuntimeError,
+        };
+        Err(JobError::new(code, format!("{}: {}", e.name, e.message)).with_details(&details))
     }
 }
 
@@ -143,5 +150,21 @@ mod tests {
             serde_json::from_str(error.details_json.as_deref().unwrap()).unwrap();
         assert_eq!(details["line"], 2);
         assert_eq!(details["stack"], "Error: boom");
+    }
+
+    #[test]
+    fn only_memory_limit_overrides_the_code() {
+        let line = r#"{"id":1,"ok":false,"error":{"code":"MEMORY_LIMIT","name":"MemoryError","message":"out of memory","line":3},"recycle":true}"#;
+        let response: Response = serde_json::from_str(line).unwrap();
+        let error = response.outcome().unwrap_err();
+        assert_eq!(error.code, ErrorCode::MemoryLimit);
+        assert_eq!(error.message, "MemoryError: out of memory");
+
+        let line = r#"{"id":2,"ok":false,"error":{"code":"TIMEOUT","name":"Error","message":"x"}}"#;
+        let response: Response = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            response.outcome().unwrap_err().code,
+            ErrorCode::RuntimeError
+        );
     }
 }
