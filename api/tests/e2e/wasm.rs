@@ -164,3 +164,38 @@ async fn without_a_compiling_worker_initialize_is_503_and_stores_nothing() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn the_predefined_rust_validator_compiles_and_answers_its_example() {
+    let stack = stack().await;
+    let (status, body) = stack
+        .post_raw(
+            "/api/v1/initialize",
+            &[
+                ("Language-Title", "rust-validator"),
+                ("Content-Type", "application/json"),
+            ],
+            r#"{"context":{}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let request_id = body["request_id"].as_str().unwrap();
+    let params = json!({
+        "data": {"name": "Ann", "age": 17},
+        "rules": {
+            "name": {"required": true, "type": "string", "min_length": 2},
+            "age": {"type": "integer", "min": 18},
+            "email": {"required": true}
+        }
+    });
+    let (status, body) = stack.execute(request_id, params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["result"],
+        json!({"valid": false, "errors": [
+            {"field": "age", "rule": "min", "message": "age must be at least 18"},
+            {"field": "email", "rule": "required", "message": "email is required"}
+        ]})
+    );
+    stack.stop().await;
+}
