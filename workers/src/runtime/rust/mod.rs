@@ -11,10 +11,12 @@
 //! drop) with a timeout, bounded output, OS resource limits (`prlimit`:
 //! address space, CPU time, file size) and, when the worker runs as root, as
 //! the unprivileged user `nobody` (`setpriv`), so that it reads only
-//! world-readable files and writes only its own build directory.
+//! world-readable files and writes only its own build directory. It does
+//! not run in the runtimes' bubblewrap sandbox, which would show it neither
+//! the built crates nor a build directory.
 //!
 //! - `deps`: building `serde_json` for the target.
-//! - `rustc`: one sandboxed compiler run.
+//! - `rustc`: one confined compiler run.
 
 mod deps;
 mod rustc;
