@@ -110,8 +110,22 @@ ensure_rust() {
   command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (https://rustup.rs)"
 }
 
+# What the worker compiles `rust` handlers with: Debian's rustc, its wasm32
+# standard library and linker, and the sources of serde_json and its
+# dependencies (the worker builds them once into WORKER_CACHE_DIR).
+ensure_rust_wasm() {
+  local missing=()
+  [ -x /usr/bin/rustc ] || missing+=(rustc)
+  [ -d /usr/lib/rustlib/wasm32-wasi ] || missing+=(libstd-rust-dev-wasm32)
+  command -v lld-14 >/dev/null || missing+=(lld-14)
+  ls -d /usr/share/cargo/registry/serde_json-1.* >/dev/null 2>&1 || missing+=(librust-serde-json-dev)
+  command -v setpriv >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 ensure_services() {
   ensure_rust
+  ensure_rust_wasm
   ensure_node
   ensure_python
   ensure_bwrap

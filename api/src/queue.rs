@@ -123,6 +123,11 @@ impl Queue {
         })
     }
 
+    /// The NATS connection, for core request/reply (compile requests).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Whether the NATS connection is up.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

@@ -10,6 +10,7 @@
 //! - [`streams`]: the JetStream stream and consumer definitions kept in `nats/jetstream.json`.
 //! - [`heartbeat`]: what a worker announces about its runtimes.
 //! - [`callback`]: which callback URLs may be called.
+//! - [`compile`]: the compile request the API sends a worker at initialize.
 //! - [`codec`]: MessagePack encoding (`rmp_serde::to_vec_named`, so fields can be added).
 //!
 //! With the `jetstream` feature, [`jetstream`] creates those streams and consumers
@@ -18,6 +19,7 @@
 
 pub mod callback;
 pub mod codec;
+pub mod compile;
 pub mod error;
 pub mod events;
 pub mod heartbeat;
@@ -33,6 +35,7 @@ pub mod jetstream;
 #[cfg(feature = "service")]
 pub mod service;
 
+pub use compile::{CompileRequest, CompileResult};
 pub use error::ErrorCode;
 pub use events::{JobEvent, JobStatus};
 pub use heartbeat::{RuntimeStatus, WorkerHeartbeat};

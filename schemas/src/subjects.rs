@@ -49,6 +49,16 @@ impl Subjects {
         format!("{}.workers.heartbeat", self.prefix)
     }
 
+    /// Where compile requests for `language` go (core NATS request/reply).
+    pub fn compile(&self, language: Language) -> String {
+        format!("{}.compile.{}", self.prefix, language)
+    }
+
+    /// The queue group workers answer compile requests in, one answer each.
+    pub fn compile_queue_group(&self) -> &'static str {
+        "workers-compile"
+    }
+
     /// The inbox of one API instance, where workers publish results it waits for.
     pub fn replies(&self, instance: &str) -> String {
         format!("{}.replies.{}", self.prefix, instance)
@@ -149,5 +159,6 @@ mod tests {
             s.max_deliveries_advisory(Language::Nodejs),
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LAMBDA_JOBS.workers-nodejs"
         );
+        assert_eq!(s.compile(Language::Rust), "lambda.compile.rust");
     }
 }

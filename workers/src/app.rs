@@ -2,11 +2,14 @@
 //! a [`Config`], then runs until told to stop.
 
 use crate::{
+    compile::CompileService,
     consumer::{self, JobRunner},
     heartbeat,
     runtime::{
         node::{NodeLauncher, NodeOptions},
         python::{PythonLauncher, PythonOptions},
+        rust::{RustCompiler, RustOptions},
+        wasm::{WasmEngine, WasmLauncher, WasmOptions},
         Launcher, Pool, PoolPolicy,
     },
     sandbox::Sandbox,
@@ -26,6 +29,7 @@ pub struct App {
     client: async_nats::Client,
     subjects: Subjects,
     consumers: Vec<(PullConsumer, JobRunner)>,
+    compile: Option<CompileService>,
     heartbeat_interval: Duration,
     handle: AppHandle,
 }
@@ -59,9 +63,10 @@ impl App {
                  network and privileges; never do this outside development"
             );
         }
+        let wasm = wasm_engine(&languages, &config).await?;
         let launchers = languages
             .iter()
-            .map(|&language| launcher(language, &config, &sandbox))
+            .map(|&language| launcher(language, &config, &sandbox, wasm.as_ref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pools = Vec::new();
         for (launcher, size) in launchers {
@@ -97,11 +102,30 @@ impl App {
             };
             consumers.push((consumer, runner));
         }
+        let compile = match wasm {
+            Some(engine) => {
+                let compiled: Vec<_> = languages
+                    .iter()
+                    .copied()
+                    .filter(|l| matches!(l, Language::Rust | Language::Wasm))
+                    .collect();
+                let service = CompileService::subscribe(
+                    client.clone(),
+                    &subjects,
+                    engine,
+                    Arc::clone(&worker_id),
+                    &compiled,
+                );
+                Some(service.await?)
+            }
+            None => None,
+        };
         tracing::info!(%worker_id, ?languages, "worker ready");
         Ok(Self {
             client,
             subjects,
             consumers,
+            compile,
             heartbeat_interval: Duration::from_millis(config.heartbeat_ms),
             handle: AppHandle {
                 worker_id,
@@ -132,11 +156,17 @@ impl App {
             self.heartbeat_interval,
             stop_heartbeats.clone(),
         ));
+        let compiles = self
+            .compile
+            .map(|service| tokio::spawn(service.run(shutdown.clone())));
         let consumers = self
             .consumers
             .into_iter()
             .map(|(consumer, runner)| consumer::run(consumer, runner, shutdown.clone()));
         futures::future::join_all(consumers).await;
+        if let Some(Err(e)) = futures::future::OptionFuture::from(compiles).await {
+            tracing::error!(error = %e, "compile service failed");
+        }
 
         stop_heartbeats.cancel();
         if let Err(e) = heartbeats.await {
@@ -186,11 +216,58 @@ impl AppHandle {
     }
 }
 
+/// The wasmtime engine, when the worker serves `wasm` or `rust`; serving
+/// `rust` also starts building the crates handlers use, in the background.
+async fn wasm_engine(
+    languages: &[Language],
+    config: &Config,
+) -> anyhow::Result<Option<Arc<WasmEngine>>> {
+    let serves = |l| languages.contains(&l);
+    if !serves(Language::Wasm) && !serves(Language::Rust) {
+        return Ok(None);
+    }
+    if config.wasm_concurrency == 0 {
+        bail!("WORKER_WASM_CONCURRENCY must be at least 1");
+    }
+    let rust = if serves(Language::Rust) {
+        let compiler = RustCompiler::new(RustOptions {
+            rustc: config.rustc.clone(),
+            target: config.rust_target.clone(),
+            cache_dir: config.cache_dir.clone(),
+            crates_dir: config.rust_crates_dir.clone(),
+            timeout: Duration::from_secs(config.rust_compile_timeout_seconds),
+            ..RustOptions::default()
+        })
+        .await?;
+        let compiler = Arc::new(compiler);
+        let preparing = Arc::clone(&compiler);
+        tokio::spawn(async move {
+            if let Err(e) = preparing.prepare().await {
+                tracing::error!(error = %e, "building the crates rust handlers use");
+            }
+        });
+        Some(compiler)
+    } else {
+        None
+    };
+    let served = usize::from(serves(Language::Wasm)) + usize::from(serves(Language::Rust));
+    let engine = WasmEngine::new(
+        WasmOptions {
+            concurrency: config.wasm_concurrency * served,
+            max_memory_mb: config.wasm_max_memory_mb,
+            max_output_bytes: config.max_output_bytes,
+        },
+        rust,
+    )?;
+    Ok(Some(engine))
+}
+
 /// What starts the runtimes of `language`, and how many to keep.
 fn launcher(
     language: Language,
     config: &Config,
     sandbox: &Sandbox,
+    wasm: Option<&Arc<WasmEngine>>,
 ) -> anyhow::Result<(Box<dyn Launcher>, usize)> {
     match language {
         Language::Nodejs => {
@@ -219,8 +296,10 @@ fn launcher(
             .with_context(|| format!("WORKER_PYTHON_BIN={}", config.python_bin))?;
             Ok((Box::new(launcher), config.python_pool_size))
         }
-        Language::Rust | Language::Wasm => bail!(
-            "this worker cannot run {language} yet (it runs: nodejs, python); remove it from WORKER_LANGUAGES"
-        ),
+        Language::Rust | Language::Wasm => {
+            let engine = wasm.context("the wasm engine is not running")?;
+            let launcher = WasmLauncher::new(Arc::clone(engine), language)?;
+            Ok((Box::new(launcher), config.wasm_concurrency))
+        }
     }
 }

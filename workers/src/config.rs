@@ -22,7 +22,7 @@ pub struct Config {
         long,
         env = "WORKER_LANGUAGES",
         value_delimiter = ',',
-        default_value = "nodejs,python"
+        default_value = "nodejs,python,wasm,rust"
     )]
     pub languages: Vec<Language>,
 
@@ -81,6 +81,46 @@ pub struct Config {
     #[arg(long, env = "WORKER_SCRATCH_MB", default_value_t = 64)]
     pub scratch_mb: u32,
 
+    /// wasm (and rust) jobs that may run at once, per language.
+    #[arg(long, env = "WORKER_WASM_CONCURRENCY", default_value_t = default_wasm_concurrency())]
+    pub wasm_concurrency: usize,
+
+    /// The most memory a wasm or rust job may be given (`memory_mb` is capped to it), in MiB.
+    #[arg(long, env = "WORKER_WASM_MAX_MEMORY_MB", default_value_t = 1024)]
+    pub wasm_max_memory_mb: u32,
+
+    /// The Rust compiler handlers are compiled with.
+    #[arg(long, env = "WORKER_RUSTC", default_value = "/usr/bin/rustc")]
+    pub rustc: String,
+
+    /// The WASI preview 1 target the compiler builds for (`wasm32-wasip1` on newer toolchains).
+    #[arg(long, env = "WORKER_RUST_TARGET", default_value = "wasm32-wasi")]
+    pub rust_target: String,
+
+    /// Where the crate sources handlers may use (serde_json and its dependencies) are.
+    #[arg(
+        long,
+        env = "WORKER_RUST_CRATES_DIR",
+        default_value = "/usr/share/cargo/registry"
+    )]
+    pub rust_crates_dir: std::path::PathBuf,
+
+    /// Longest a Rust compilation may take, in seconds.
+    #[arg(
+        long,
+        env = "WORKER_RUST_COMPILE_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    pub rust_compile_timeout_seconds: u64,
+
+    /// Where compiled artifacts are kept across restarts.
+    #[arg(
+        long,
+        env = "WORKER_CACHE_DIR",
+        default_value = "/var/tmp/lambda-worker-cache"
+    )]
+    pub cache_dir: std::path::PathBuf,
+
     /// Bound on a script's result, and on the logs captured from it, in bytes.
     #[arg(long, env = "WORKER_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
     pub max_output_bytes: usize,
@@ -121,6 +161,11 @@ impl Config {
 pub enum SandboxMode {
     On,
     Off,
+}
+
+/// Twice the available cores: wasm jobs run on threads, and many wait on nothing.
+fn default_wasm_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 /// `<hostname>-<pid>`, or a random id when the host name is unknown.

@@ -199,7 +199,11 @@ impl JobRunner {
             job.context_json,
             timeout,
         )
-        .map(|invocation| invocation.for_owner(job.owner, scope));
+        .map(|invocation| {
+            invocation
+                .for_owner(job.owner, scope)
+                .with_memory_mb(job.memory_mb)
+        });
         let mut result = match invocation {
             Err(error) => JobResult::failure(job.job_id, error, 0.0, Vec::new()),
             Ok(invocation) => {

@@ -3,16 +3,19 @@
 //! publishes the result to the job's reply subject.
 //!
 //! - [`App`] (`app`): built from a [`Config`], runs until cancelled.
+//! - `compile`: answers compile requests for `rust` and `wasm` at initialize.
 //! - `consumer`: the pull loop and what becomes of each job message.
 //! - `cancel`: stops or skips asynchronous jobs cancelled through the API.
 //! - `report`: started events and results of asynchronous jobs, for the dispatcher.
 //! - `heartbeat`: announces the worker's runtimes and load.
-//! - [`runtime`]: the pool of warm instances and the Node.js runtime.
+//! - [`runtime`]: the pool of warm instances, the Node.js runtime, and the
+//!   wasmtime engine that runs `wasm` and `rust` (compiled by `runtime::rust`).
 //! - [`sandbox`]: the OS sandbox every runtime process runs in.
 //! - `supervisor`: starting, watching and stopping runtime processes.
 
 mod app;
 mod cancel;
+mod compile;
 mod config;
 mod consumer;
 mod heartbeat;

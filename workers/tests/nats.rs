@@ -135,9 +135,22 @@ async fn runs_jobs_from_jetstream_and_announces_itself() {
 }
 
 #[tokio::test]
-async fn refuses_languages_it_cannot_run() {
+async fn refuses_runtimes_it_cannot_start() {
     let mut config = Config::from_env();
-    config.languages = vec![Language::Nodejs, Language::Wasm];
+    config.languages = vec![Language::Nodejs, Language::Rust];
+    config.rustc = "/no/such/rustc".to_owned();
     let error = App::build(config).await.err().expect("refused");
-    assert!(error.to_string().contains("cannot run wasm"), "{error}");
+    assert!(
+        format!("{error:#}").contains("WORKER_RUSTC=/no/such/rustc"),
+        "{error:#}"
+    );
+
+    let mut config = Config::from_env();
+    config.languages = vec![Language::Wasm];
+    config.wasm_concurrency = 0;
+    let error = App::build(config).await.err().expect("refused");
+    assert!(
+        error.to_string().contains("WORKER_WASM_CONCURRENCY"),
+        "{error}"
+    );
 }

@@ -13,10 +13,19 @@ use axum::{
     Json, Router,
 };
 use chrono::{DateTime, Utc};
-use schemas::{script_hash, ErrorCode, LanguageTitle, LanguageTitleError};
+use schemas::{
+    codec, script_hash, CompileRequest, CompileResult, ErrorCode, Language, LanguageTitle,
+    LanguageTitleError,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::time::Duration;
 use uuid::Uuid;
+
+/// How long initialize waits for a worker to compile Rust source.
+const RUST_COMPILE_WAIT: Duration = Duration::from_secs(75);
+/// How long initialize waits for a worker to check a wasm module.
+const WASM_COMPILE_WAIT: Duration = Duration::from_secs(10);
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -86,6 +95,7 @@ async fn initialize(
     };
     let language = language_title.language;
     let hash = script_hash(language, &script);
+    compile(&state, language, &hash, &script, &context).await?;
     let now = Utc::now();
     let session = Session {
         request_id: Uuid::now_v7(),
@@ -154,6 +164,61 @@ async fn initialize(
         "status": "initialized",
         "expires_at": session.expires_at,
     })))
+}
+
+/// For `rust` and `wasm`: has one worker compile the script (it keeps the
+/// result, so the first execute is warm); a script that does not compile is
+/// refused here with the diagnostics, and nothing is stored.
+async fn compile(
+    state: &AppState,
+    language: Language,
+    hash: &str,
+    script: &str,
+    context: &Map<String, Value>,
+) -> ApiResult<()> {
+    let wait = match language {
+        Language::Rust => RUST_COMPILE_WAIT,
+        Language::Wasm => WASM_COMPILE_WAIT,
+        Language::Nodejs | Language::Python => return Ok(()),
+    };
+    let options = match context.get("compile_options") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(options @ Value::Object(_)) => options.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "context.compile_options must be a JSON object",
+            ))
+        }
+    };
+    let request = CompileRequest {
+        script_hash: hash.to_owned(),
+        language,
+        script: script.to_owned(),
+        options_json: options.to_string(),
+    };
+    let payload = codec::encode(&request).map_err(ApiError::internal)?;
+    let unavailable = |why: String| {
+        tracing::warn!(%language, "compile request failed: {why}");
+        ApiError::unavailable(
+            format!("no {language} worker compiled the script: {why}"),
+            5,
+        )
+    };
+    let request = async_nats::Request::new()
+        .payload(payload.into())
+        .timeout(Some(wait));
+    let reply = state
+        .queue
+        .client()
+        .send_request(state.subjects.compile(language), request)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let result: CompileResult = codec::decode(&reply.payload).map_err(ApiError::internal)?;
+    if result.ok {
+        return Ok(());
+    }
+    Err(ApiError::new(ErrorCode::CompileError, result.message)
+        .with_details(json!({ "diagnostics": result.diagnostics })))
 }
 
 fn language_title(headers: &HeaderMap) -> ApiResult<LanguageTitle> {

@@ -192,11 +192,15 @@ async fn an_endless_loop_times_out_and_the_pool_serves_the_next_job() {
 
 #[tokio::test]
 async fn a_language_without_a_worker_is_503_with_retry_after() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(Options {
+        languages: vec![schemas::Language::Nodejs],
+        ..Options::default()
+    })
+    .await;
     let (s, init) = stack
         .initialize(
-            "wasm-empty",
-            "(module (func (export \"_start\")))",
+            "python-words",
+            "result = len(params['text'].split())",
             json!({}),
         )
         .await;

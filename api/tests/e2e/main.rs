@@ -13,3 +13,4 @@ mod python;
 mod resilience;
 mod sandbox;
 mod support;
+mod wasm;

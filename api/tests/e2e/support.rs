@@ -122,6 +122,7 @@ impl Stack {
             wconfig.languages = options.languages.clone();
             wconfig.nodejs_pool_size = 2;
             wconfig.python_pool_size = 2;
+            wconfig.wasm_concurrency = 2;
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
             let app = workers::App::build(wconfig).await.expect("worker starts");

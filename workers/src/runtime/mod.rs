@@ -4,13 +4,17 @@
 //! hands each to one job at a time and replaces any that break. What an
 //! instance is comes from a [`Launcher`]: [`node::NodeLauncher`] starts
 //! Node.js processes, [`python::PythonLauncher`] Python processes, both
-//! through the shared runner `process` and line `protocol` modules.
+//! through the shared runner `process` and line `protocol` modules;
+//! [`wasm::WasmLauncher`] hands out slots of the process's wasmtime engine
+//! (for `wasm`, and `rust` compiled by [`rust`]).
 
 pub mod node;
 mod pool;
 mod process;
 mod protocol;
 pub mod python;
+pub mod rust;
+pub mod wasm;
 
 pub use pool::{Pool, PoolPolicy, Reservation};
 
@@ -36,6 +40,8 @@ pub struct Invocation {
     /// What the script's globals are kept for: runs with the same scope
     /// (a session) share them, other scopes never see them.
     pub scope: String,
+    /// Memory limit of the job in MiB; 0 leaves it to the runtime.
+    pub memory_mb: u32,
 }
 
 impl Invocation {
@@ -61,6 +67,7 @@ impl Invocation {
             timeout,
             owner: String::new(),
             scope: String::new(),
+            memory_mb: 0,
         })
     }
 
@@ -68,6 +75,12 @@ impl Invocation {
     pub fn for_owner(mut self, owner: impl Into<String>, scope: impl Into<String>) -> Self {
         self.owner = owner.into();
         self.scope = scope.into();
+        self
+    }
+
+    /// Sets the job's memory limit (0: the runtime's default).
+    pub fn with_memory_mb(mut self, memory_mb: u32) -> Self {
+        self.memory_mb = memory_mb;
         self
     }
 }
