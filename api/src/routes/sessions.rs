@@ -237,14 +237,17 @@ fn language_title(headers: &HeaderMap) -> ApiResult<LanguageTitle> {
 }
 
 /// The limits a context asks for, checked against the server's maxima.
-struct Limits {
-    timeout_ms: u64,
-    memory_mb: u32,
-    retain: bool,
+pub(in crate::routes) struct Limits {
+    pub(in crate::routes) timeout_ms: u64,
+    pub(in crate::routes) memory_mb: u32,
+    pub(in crate::routes) retain: bool,
 }
 
 impl Limits {
-    fn from_context(context: &Map<String, Value>, state: &AppState) -> ApiResult<Self> {
+    pub(in crate::routes) fn from_context(
+        context: &Map<String, Value>,
+        state: &AppState,
+    ) -> ApiResult<Self> {
         let config = &state.config;
         let max_timeout_ms = config.max_timeout_seconds * 1000;
         let timeout_ms = match context.get("timeout_ms") {

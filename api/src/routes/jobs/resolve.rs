@@ -5,6 +5,7 @@
 use crate::{
     error::{ApiError, ApiResult},
     jobs::{self, NewJob},
+    routes::sessions::Limits,
     session::{self, Session},
     AppState, OWNER_ANONYMOUS,
 };
@@ -141,7 +142,11 @@ impl<'a> Resolver<'a> {
             self.functions.insert(name.clone(), found);
         }
         let (script_hash, script) = self.functions[&name].clone();
-        let (timeout_ms, memory_mb) = limits(&context, self.state)?;
+        let Limits {
+            timeout_ms,
+            memory_mb,
+            ..
+        } = Limits::from_context(&context, self.state)?;
         Ok(NewJob {
             job_id: Uuid::now_v7(),
             batch_id: None,
@@ -206,37 +211,6 @@ pub(crate) fn params_json(params: Option<Value>) -> ApiResult<String> {
             "params must be a JSON object",
         )),
     }
-}
-
-/// The timeout and memory limit a function job's context asks for, within the maxima.
-fn limits(context: &Map<String, Value>, state: &AppState) -> ApiResult<(u64, u32)> {
-    let config = &state.config;
-    let max_timeout_ms = config.max_timeout_seconds * 1000;
-    let timeout_ms = match context.get("timeout_ms") {
-        None | Some(Value::Null) => config.runtime_timeout_seconds * 1000,
-        Some(v) => v
-            .as_u64()
-            .filter(|ms| (1..=max_timeout_ms).contains(ms))
-            .ok_or_else(|| {
-                ApiError::invalid_request(format!(
-                    "context.timeout_ms must be an integer from 1 to {max_timeout_ms}"
-                ))
-            })?,
-    };
-    let memory_mb = match context.get("memory_mb") {
-        None | Some(Value::Null) => config.runtime_memory_mb,
-        Some(v) => v
-            .as_u64()
-            .filter(|mb| (16..=u64::from(config.max_memory_mb)).contains(mb))
-            .map(|mb| mb as u32)
-            .ok_or_else(|| {
-                ApiError::invalid_request(format!(
-                    "context.memory_mb must be an integer from 16 to {}",
-                    config.max_memory_mb
-                ))
-            })?,
-    };
-    Ok((timeout_ms, memory_mb))
 }
 
 /// A header's text, if present; non-ASCII values are refused.
