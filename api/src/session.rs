@@ -36,6 +36,28 @@ fn cache_key(prefix: &str, id: Uuid) -> String {
     format!("{prefix}:session:{id}")
 }
 
+/// Loads a session that can still be executed: 404 when it is unknown or
+/// has expired. `raw` is the id as the caller wrote it, for the message.
+pub async fn load_active(
+    state: &crate::AppState,
+    id: Uuid,
+    raw: &str,
+) -> Result<Session, ApiError> {
+    let session = load(
+        &state.db,
+        &state.cache,
+        &state.metrics,
+        state.subjects.prefix(),
+        id,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("session {raw} not found")))?;
+    if !session.is_active(chrono::Utc::now()) {
+        return Err(ApiError::not_found(format!("session {raw} has expired")));
+    }
+    Ok(session)
+}
+
 /// Loads a session, from the cache when possible.
 pub async fn load(
     db: &PgPool,

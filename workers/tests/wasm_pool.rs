@@ -1,14 +1,17 @@
 //! The wasm engine and the Rust compiler on their own, without NATS: the
 //! `wasm` and `rust` script contracts, limits, failures and caching.
 
+mod common;
+
 use base64::Engine as _;
+use common::{invocation, result, run};
 use schemas::{ErrorCode, Language};
 use serde_json::{json, Value};
 use std::{sync::Arc, time::Duration};
 use workers::runtime::{
     rust::{RustCompiler, RustOptions},
     wasm::{WasmEngine, WasmLauncher, WasmOptions},
-    Execution, Invocation, Pool,
+    Execution, Pool,
 };
 
 /// Reads all of stdin into memory at 1024 and writes it back to stdout.
@@ -89,27 +92,6 @@ async fn engine(rust: bool) -> Arc<WasmEngine> {
 async fn pool(engine: &Arc<WasmEngine>, language: Language) -> Pool {
     let launcher = WasmLauncher::new(Arc::clone(engine), language).unwrap();
     Pool::start(Box::new(launcher), 2).await.unwrap()
-}
-
-fn invocation(language: Language, script: &str, params: Value, timeout_ms: u64) -> Invocation {
-    Invocation::new(
-        language,
-        script.to_owned(),
-        params.to_string(),
-        json!({"env": "test"}).to_string(),
-        Duration::from_millis(timeout_ms),
-    )
-    .unwrap()
-}
-
-async fn run(pool: &Pool, script: &str, params: Value) -> Execution {
-    let invocation = invocation(pool.language(), script, params, 10_000);
-    pool.execute(&invocation).await.unwrap()
-}
-
-fn result(execution: &Execution) -> Value {
-    let json = execution.outcome.as_ref().expect("the script succeeded");
-    serde_json::from_str(json).unwrap()
 }
 
 fn error(execution: &Execution) -> (ErrorCode, String, Value) {

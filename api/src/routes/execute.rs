@@ -81,20 +81,7 @@ async fn execute(
             ))
         }
     };
-    let session = session::load(
-        &state.db,
-        &state.cache,
-        &state.metrics,
-        state.subjects.prefix(),
-        id,
-    )
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
-    if !session.is_active(Utc::now()) {
-        return Err(ApiError::not_found(format!(
-            "session {request_id} has expired"
-        )));
-    }
+    let session = session::load_active(&state, id, &request_id).await?;
     if query.wants_async(&headers) {
         return execute_async(&state, session, params_json, &headers).await;
     }

@@ -10,7 +10,6 @@ use crate::{
     AppState, OWNER_ANONYMOUS,
 };
 use axum::http::HeaderMap;
-use chrono::Utc;
 use schemas::{ErrorCode, LanguageTitle};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -99,19 +98,7 @@ impl<'a> Resolver<'a> {
         if let Some(session) = self.sessions.get(&id) {
             return Ok(session.clone());
         }
-        let state = self.state;
-        let session = session::load(
-            &state.db,
-            &state.cache,
-            &state.metrics,
-            state.subjects.prefix(),
-            id,
-        )
-        .await?
-        .ok_or_else(not_found)?;
-        if !session.is_active(Utc::now()) {
-            return Err(ApiError::not_found(format!("session {raw} has expired")));
-        }
+        let session = session::load_active(self.state, id, raw).await?;
         self.sessions.insert(id, session.clone());
         Ok(session)
     }
