@@ -5,6 +5,7 @@
 //! job on the language's JetStream subject and answers with the worker's result.
 //!
 //! - [`config`]: flags and environment.
+//! - [`auth`]: the [`auth::Caller`] of every `/api/v1` request.
 //! - [`routes`]: the HTTP routes; [`error`] and [`extract`] keep every answer JSON.
 //! - [`catalogue`]: the predefined functions, loaded from `FUNCTIONS_DIR` at start.
 //! - [`session`]: sessions in PostgreSQL behind the [`cache`] (Redis or in-process).
@@ -14,6 +15,7 @@
 //! - [`jobs`]: asynchronous jobs, committed to PostgreSQL before `202` and then published.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
 
+pub mod auth;
 pub mod cache;
 pub mod catalogue;
 pub mod config;

@@ -25,7 +25,11 @@ pub fn router(state: AppState) -> Router {
                 .merge(sessions::router())
                 .merge(execute::router())
                 .merge(functions::router())
-                .merge(jobs::router()),
+                .merge(jobs::router())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::auth::authenticate,
+                )),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
