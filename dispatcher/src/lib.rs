@@ -116,6 +116,7 @@ impl App {
             events: self.events.clone(),
             dead: self.dead_letters(),
             after: Duration::from_secs(self.config.sweep_after_seconds),
+            deferred_since: None,
         }
     }
 

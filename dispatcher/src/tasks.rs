@@ -7,11 +7,14 @@ use crate::{
 };
 use futures::StreamExt;
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long one pull for events waits.
 const EVENTS_WAIT: Duration = Duration::from_millis(500);
+/// Most direct submissions being stored at once.
+const MAX_SUBMISSIONS: usize = 256;
 /// Most callbacks being delivered at once.
 const MAX_DELIVERIES: usize = 256;
 
@@ -70,13 +73,23 @@ pub(crate) async fn serve_submissions(
     shutdown: CancellationToken,
 ) {
     let running = TaskTracker::new();
+    // Bounded: beyond it, submissions wait in the subscription's buffer
+    // instead of piling up on the database pool.
+    let permits = Arc::new(Semaphore::new(MAX_SUBMISSIONS));
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             message = messages.next() => match message { Some(m) => m, None => break },
         };
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+        };
         let submissions = submissions.clone();
-        running.spawn(async move { submissions.handle(&message).await });
+        running.spawn(async move {
+            submissions.handle(&message).await;
+            drop(permit);
+        });
     }
     running.close();
     running.wait().await;

@@ -24,8 +24,11 @@ const MAX_BATCH: usize = 8;
 const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Ack progress this often, well within the consumer's 30 s `ack_wait`.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// Redelivery delay of a job this worker could not run.
+/// Redelivery delay of a job this worker could not run, doubled with each
+/// delivery up to [`MAX_RETRY_AFTER`].
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The longest delay before a job this worker could not run is tried again.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long in-flight jobs may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,10 +44,16 @@ pub(crate) enum Disposition {
 }
 
 impl Disposition {
-    fn ack_kind(self) -> AckKind {
+    /// The acknowledgement of a message delivered for the `delivered`th time:
+    /// retries back off exponentially.
+    fn ack_kind(self, delivered: i64) -> AckKind {
         match self {
             Self::Ack => AckKind::Ack,
-            Self::Retry { after } => AckKind::Nak(Some(after)),
+            Self::Retry { after } => {
+                let doublings = delivered.saturating_sub(1).clamp(0, 16) as u32;
+                let after = after.saturating_mul(1 << doublings).min(MAX_RETRY_AFTER);
+                AckKind::Nak(Some(after))
+            }
             Self::Term => AckKind::Term,
         }
     }
@@ -144,7 +153,8 @@ async fn reserve_batch(pool: &Pool) -> Result<Vec<Reservation>, RuntimeError> {
 }
 
 async fn settle(message: &jetstream::Message, disposition: Disposition) {
-    if let Err(e) = message.ack_with(disposition.ack_kind()).await {
+    let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+    if let Err(e) = message.ack_with(disposition.ack_kind(delivered)).await {
         tracing::warn!(error = %e, ?disposition, "acknowledging a job");
     }
 }
@@ -285,4 +295,32 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delay(disposition: Disposition, delivered: i64) -> Option<Duration> {
+        match disposition.ack_kind(delivered) {
+            AckKind::Nak(after) => after,
+            other => panic!("not a nak: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_cap() {
+        let retry = Disposition::Retry { after: RETRY_AFTER };
+        let delays: Vec<_> = (1..=8).map(|n| delay(retry, n).unwrap()).collect();
+        assert_eq!(delays[0], RETRY_AFTER);
+        assert_eq!(delays[1], RETRY_AFTER * 2);
+        assert_eq!(delays[2], RETRY_AFTER * 4);
+        assert_eq!(delays[7], MAX_RETRY_AFTER);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        // A job handed back at once (no free instance) stays immediate.
+        let now = Disposition::Retry {
+            after: Duration::ZERO,
+        };
+        assert_eq!(delay(now, 4), Some(Duration::ZERO));
+    }
 }
