@@ -334,7 +334,8 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let who = limiter.caller_key(caller, request.headers(), peer);
-    let (request, cost) = if route.ends_with("/jobs/batch") {
+    let is_batch = class == Class::Execute && route.ends_with("/jobs/batch");
+    let (request, cost) = if is_batch {
         match batch_cost(request, &state).await {
             Ok(buffered) => buffered,
             Err(refusal) => return refusal.into_response(),
