@@ -454,6 +454,24 @@ mod tests {
     }
 
     #[test]
+    fn settings_parse() {
+        use clap::Parser as _;
+        let config = Config::parse_from([
+            "api",
+            "--rate-limit-fail-open",
+            "false",
+            "--rate-limit-disabled",
+            "--rate-limit-functions-per-minute",
+            "0",
+        ]);
+        assert!(!config.rate_limit_fail_open);
+        assert!(config.rate_limit_disabled);
+        assert_eq!(config.rate_limit_functions_per_minute, 0);
+        assert!(Config::from_defaults().rate_limit_fail_open);
+        assert_eq!(Config::from_defaults().cache_ttl, 300);
+    }
+
+    #[test]
     fn authenticated_callers_are_keyed_by_owner_others_by_address() {
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         let mut forwarded = HeaderMap::new();
