@@ -12,6 +12,13 @@ export BIND_ADDR="${BIND_ADDR:-127.0.0.1:8080}"
 export RUST_LOG="${RUST_LOG:-info}"
 # Local development: callbacks may go to services on this machine.
 export CALLBACK_ALLOW_PRIVATE="${CALLBACK_ALLOW_PRIVATE:-true}"
+# Local development: every caller here is anonymous and would be held to the
+# anonymous limit (10 executes a minute); the quick start and the load
+# generator need more. RATE_LIMIT_DISABLED=false turns the limits on.
+export RATE_LIMIT_DISABLED="${RATE_LIMIT_DISABLED:-true}"
+if [ "$RATE_LIMIT_DISABLED" = "true" ]; then
+  log "rate limits are OFF for this local start (RATE_LIMIT_DISABLED=false turns them on)"
+fi
 
 ensure_services
 ensure_database "$DATABASE_URL"

@@ -71,6 +71,50 @@ pub struct Config {
     /// addresses (local development only).
     #[arg(long, env = "CALLBACK_ALLOW_PRIVATE", default_value_t = false)]
     pub callback_allow_private: bool,
+
+    /// Turn every rate limit off (the local start does, loudly).
+    #[arg(long, env = "RATE_LIMIT_DISABLED", default_value_t = false)]
+    pub rate_limit_disabled: bool,
+
+    /// Execute-class requests (initialize, execute, job submission) per minute
+    /// of an authenticated caller; 0: unlimited.
+    #[arg(long, env = "RATE_LIMIT_EXECUTE_PER_MINUTE", default_value_t = 100)]
+    pub rate_limit_execute_per_minute: u32,
+
+    /// Execute-class requests per minute of an anonymous caller, per client
+    /// address; 0: unlimited.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_ANONYMOUS_EXECUTE_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub rate_limit_anonymous_execute_per_minute: u32,
+
+    /// `GET /functions…` requests per minute of a caller; 0: unlimited.
+    #[arg(long, env = "RATE_LIMIT_FUNCTIONS_PER_MINUTE", default_value_t = 60)]
+    pub rate_limit_functions_per_minute: u32,
+
+    /// Reads of sessions and jobs (and cancels) per minute of a caller; 0: unlimited.
+    #[arg(long, env = "RATE_LIMIT_READ_PER_MINUTE", default_value_t = 1200)]
+    pub rate_limit_read_per_minute: u32,
+
+    /// When Redis cannot be asked, serve without limits (true) or answer 503 (false).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_FAIL_OPEN",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub rate_limit_fail_open: bool,
+
+    /// Identify anonymous callers by the last `X-Forwarded-For` address (set
+    /// only behind a proxy that appends it); otherwise by the peer address.
+    #[arg(long, env = "RATE_LIMIT_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub rate_limit_trust_forwarded_for: bool,
+
+    /// Seconds a successful synchronous result stays in the result cache; 0: no cache.
+    #[arg(long, env = "CACHE_TTL", default_value_t = 300)]
+    pub cache_ttl: u64,
 }
 
 impl Config {

@@ -14,6 +14,8 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`jobs`]: asynchronous jobs, committed to PostgreSQL before `202` and then published.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
+//! - [`ratelimit`]: token buckets per caller and route class, in Redis.
+//! - [`result_cache`]: synchronous results by script, params and context.
 
 pub mod auth;
 pub mod cache;
@@ -25,6 +27,8 @@ pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod queue;
+pub mod ratelimit;
+pub mod result_cache;
 pub mod routes;
 pub mod runtimes;
 pub mod session;
@@ -59,6 +63,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The NATS connection, for publishing asynchronous jobs and cancellations.
     pub nats: async_nats::Client,
+    /// The rate limits and this process's buckets.
+    pub rate_limits: Arc<ratelimit::RateLimiter>,
 }
 
 /// A built API, listening but not yet serving.
@@ -96,6 +102,7 @@ impl App {
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
+        let rate_limits = Arc::new(ratelimit::RateLimiter::new(&config));
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -106,6 +113,7 @@ impl App {
             subjects,
             metrics,
             nats,
+            rate_limits,
         };
         Ok(Self {
             listener,
@@ -124,7 +132,10 @@ impl App {
     /// what is still buffered.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         self.background.cancel();

@@ -5,6 +5,7 @@ use super::{jobs, sessions::parse_session_id};
 use crate::{
     error::{ApiError, ApiResult},
     extract::JsonObject,
+    result_cache::{self, Directive},
     session, AppState,
 };
 use axum::{
@@ -85,6 +86,24 @@ async fn execute(
     if query.wants_async(&headers) {
         return execute_async(&state, session, params_json, &headers).await;
     }
+    let directive = Directive::from_headers(&headers)?;
+    let cache_ttl = Duration::from_secs(state.config.cache_ttl);
+    let cache_key = if cache_ttl.is_zero() {
+        None
+    } else {
+        Some(result_cache::key(
+            state.subjects.prefix(),
+            &session,
+            &params_json,
+        )?)
+    };
+    if let Some(key) = &cache_key {
+        if let Some(hit) = result_cache::lookup(&state.cache, &state.metrics, key, directive).await
+        {
+            state.executions.record(session.request_id, Utc::now());
+            return respond(&session, hit.execution_time, true, &hit.result);
+        }
+    }
     if !state.runtimes.available(session.language) {
         return Err(ApiError::unavailable(
             format!("no worker is running {} right now", session.language),
@@ -123,12 +142,26 @@ async fn execute(
         ApiError::internal(anyhow::anyhow!("worker sent neither result nor error"))
     })?;
     let result_raw = RawValue::from_string(result_json).map_err(ApiError::internal)?;
+    let execution_time = (result.execution_time_ms * 1000.0).round() / 1000.0;
+    if let Some(key) = &cache_key {
+        result_cache::store(&state.cache, key, &result_raw, execution_time, cache_ttl).await;
+    }
+    respond(&session, execution_time, false, &result_raw)
+}
+
+/// The synchronous answer: `{"request_id","language_title","execution_time","cached","result"}`.
+fn respond(
+    session: &session::Session,
+    execution_time: f64,
+    cached: bool,
+    result: &RawValue,
+) -> ApiResult<Response> {
     let body = serde_json::to_vec(&ExecuteResponse {
         request_id: session.request_id,
         language_title: &session.language_title,
-        execution_time: (result.execution_time_ms * 1000.0).round() / 1000.0,
-        cached: false,
-        result: &result_raw,
+        execution_time,
+        cached,
+        result,
     })
     .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -28,6 +28,10 @@ pub fn router(state: AppState) -> Router {
                 .merge(jobs::router())
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
+                    crate::ratelimit::limit,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
                     crate::auth::authenticate,
                 )),
         )

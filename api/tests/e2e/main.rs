@@ -8,6 +8,7 @@ mod execution;
 mod functions;
 mod job_faults;
 mod jobs;
+mod limits;
 mod metrics;
 mod python;
 mod resilience;

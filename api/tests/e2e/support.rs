@@ -35,6 +35,18 @@ pub struct Options {
     pub callback_allow_private: bool,
     /// The NATS server, when not the machine's.
     pub nats_url: Option<String>,
+    /// `CACHE_TTL`: 0 (the default here) runs every execute for real.
+    pub cache_ttl_seconds: u64,
+    /// Requests per minute by class (`RATE_LIMIT_*`); the defaults here are
+    /// too high to ever refuse a test's requests.
+    pub rate_limit_execute_per_minute: u32,
+    pub rate_limit_anonymous_execute_per_minute: u32,
+    pub rate_limit_functions_per_minute: u32,
+    pub rate_limit_read_per_minute: u32,
+    /// `RATE_LIMIT_FAIL_OPEN`.
+    pub rate_limit_fail_open: bool,
+    /// `RATE_LIMIT_TRUST_FORWARDED_FOR`.
+    pub rate_limit_trust_forwarded_for: bool,
 }
 
 impl Default for Options {
@@ -47,6 +59,13 @@ impl Default for Options {
             languages: vec![Language::Nodejs],
             callback_allow_private: true,
             nats_url: None,
+            cache_ttl_seconds: 0,
+            rate_limit_execute_per_minute: 1_000_000,
+            rate_limit_anonymous_execute_per_minute: 1_000_000,
+            rate_limit_functions_per_minute: 1_000_000,
+            rate_limit_read_per_minute: 1_000_000,
+            rate_limit_fail_open: true,
+            rate_limit_trust_forwarded_for: false,
         }
     }
 }
@@ -93,6 +112,14 @@ impl Stack {
         config.max_script_size = options.max_script_size;
         config.queue_wait_ms = 3000;
         config.callback_allow_private = options.callback_allow_private;
+        config.cache_ttl = options.cache_ttl_seconds;
+        config.rate_limit_execute_per_minute = options.rate_limit_execute_per_minute;
+        config.rate_limit_anonymous_execute_per_minute =
+            options.rate_limit_anonymous_execute_per_minute;
+        config.rate_limit_functions_per_minute = options.rate_limit_functions_per_minute;
+        config.rate_limit_read_per_minute = options.rate_limit_read_per_minute;
+        config.rate_limit_fail_open = options.rate_limit_fail_open;
+        config.rate_limit_trust_forwarded_for = options.rate_limit_trust_forwarded_for;
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
