@@ -15,15 +15,21 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/lambda"
     )]
     pub database_url: String,
 
     /// Redis cache; without it an in-process cache is used.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// Prefix of every NATS subject and stream of this deployment.
@@ -71,6 +77,20 @@ pub struct Config {
     /// addresses (local development only).
     #[arg(long, env = "CALLBACK_ALLOW_PRIVATE", default_value_t = false)]
     pub callback_allow_private: bool,
+
+    /// Log every request to PostgreSQL (`request_logs`, `error_logs`).
+    #[arg(
+        long,
+        env = "REQUEST_LOG_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub request_log_enabled: bool,
+
+    /// Request log entries kept in memory while PostgreSQL is away; beyond
+    /// it the oldest are dropped (and counted).
+    #[arg(long, env = "REQUEST_LOG_BUFFER", default_value_t = 10_000)]
+    pub request_log_buffer: usize,
 }
 
 impl Config {

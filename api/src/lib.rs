@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`jobs`]: asynchronous jobs, committed to PostgreSQL before `202` and then published.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
+//! - [`request_log`]: request and error logs, written to PostgreSQL off the request path.
 
 pub mod auth;
 pub mod cache;
@@ -25,6 +26,7 @@ pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod queue;
+pub mod request_log;
 pub mod routes;
 pub mod runtimes;
 pub mod session;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The NATS connection, for publishing asynchronous jobs and cancellations.
     pub nats: async_nats::Client,
+    /// Where requests are logged.
+    pub request_log: request_log::RequestLog,
 }
 
 /// A built API, listening but not yet serving.
@@ -82,7 +86,12 @@ impl App {
             .name("lambda-api")
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
         let subjects = Subjects::new(&config.nats_prefix);
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
@@ -93,6 +102,17 @@ impl App {
         executions.spawn_writer(db.clone(), &tracker, background.clone());
         let metrics = Arc::new(Metrics::new());
         metrics.spawn_refresher(db.clone(), queue.clone(), &tracker, background.clone());
+        let request_log = if config.request_log_enabled {
+            request_log::RequestLog::start(
+                db.clone(),
+                config.request_log_buffer,
+                metrics.clone(),
+                &tracker,
+                background.clone(),
+            )
+        } else {
+            request_log::RequestLog::disabled(metrics.clone())
+        };
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
@@ -106,6 +126,7 @@ impl App {
             subjects,
             metrics,
             nats,
+            request_log,
         };
         Ok(Self {
             listener,
@@ -124,7 +145,10 @@ impl App {
     /// what is still buffered.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         self.background.cancel();
