@@ -31,7 +31,8 @@ pub struct Config {
     #[arg(long, env = "SESSION_RETENTION_SECONDS", default_value_t = 86_400)]
     pub session_retention_seconds: u64,
 
-    /// How often expired sessions are looked for.
+    /// How often expired sessions, unused scripts and old request logs are
+    /// looked for.
     #[arg(long, env = "REAP_INTERVAL_SECONDS", default_value_t = 60)]
     pub reap_interval_seconds: u64,
 
