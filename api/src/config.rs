@@ -15,15 +15,21 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/lambda"
     )]
     pub database_url: String,
 
     /// Redis cache; without it an in-process cache is used.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// Prefix of every NATS subject and stream of this deployment.
@@ -115,6 +121,19 @@ pub struct Config {
     /// Seconds a successful synchronous result stays in the result cache; 0: no cache.
     #[arg(long, env = "CACHE_TTL", default_value_t = 300)]
     pub cache_ttl: u64,
+    /// Log every request to PostgreSQL (`request_logs`, `error_logs`).
+    #[arg(
+        long,
+        env = "REQUEST_LOG_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub request_log_enabled: bool,
+
+    /// Request log entries kept in memory while PostgreSQL is away; beyond
+    /// it the oldest are dropped (and counted).
+    #[arg(long, env = "REQUEST_LOG_BUFFER", default_value_t = 10_000)]
+    pub request_log_buffer: usize,
 }
 
 impl Config {

@@ -16,6 +16,7 @@
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
 //! - [`ratelimit`]: token buckets per caller and route class, in Redis.
 //! - [`result_cache`]: synchronous results by script, params and context.
+//! - [`request_log`]: request and error logs, written to PostgreSQL off the request path.
 
 pub mod auth;
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod result_cache;
+pub mod request_log;
 pub mod routes;
 pub mod runtimes;
 pub mod session;
@@ -65,6 +67,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// The rate limits and this process's buckets.
     pub rate_limits: Arc<ratelimit::RateLimiter>,
+    /// Where requests are logged.
+    pub request_log: request_log::RequestLog,
 }
 
 /// A built API, listening but not yet serving.
@@ -88,7 +92,12 @@ impl App {
             .name("lambda-api")
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
         let subjects = Subjects::new(&config.nats_prefix);
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
@@ -99,6 +108,17 @@ impl App {
         executions.spawn_writer(db.clone(), &tracker, background.clone());
         let metrics = Arc::new(Metrics::new());
         metrics.spawn_refresher(db.clone(), queue.clone(), &tracker, background.clone());
+        let request_log = if config.request_log_enabled {
+            request_log::RequestLog::start(
+                db.clone(),
+                config.request_log_buffer,
+                metrics.clone(),
+                &tracker,
+                background.clone(),
+            )
+        } else {
+            request_log::RequestLog::disabled(metrics.clone())
+        };
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
@@ -114,6 +134,7 @@ impl App {
             metrics,
             nats,
             rate_limits,
+            request_log,
         };
         Ok(Self {
             listener,

@@ -44,6 +44,7 @@ pub struct Metrics {
     runtime_capacity: IntGaugeVec,
     runtime_busy: IntGaugeVec,
     cache_lookups: IntCounterVec,
+    request_logs_dropped: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -76,6 +77,14 @@ impl Metrics {
         registry
             .register(Box::new(active_sessions.clone()))
             .expect("unique gauge");
+        let request_logs_dropped = prometheus::IntCounter::new(
+            "request_logs_dropped_total",
+            "Request log entries dropped: buffer full while PostgreSQL was away, or refused",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(request_logs_dropped.clone()))
+            .expect("unique counter");
         Self {
             http_requests: counter(
                 "http_requests_total",
@@ -133,6 +142,7 @@ impl Metrics {
                 "Cache lookups by cache and result (hit or miss)",
                 &["cache", "result"],
             ),
+            request_logs_dropped,
             registry,
         }
     }
@@ -182,11 +192,10 @@ impl Metrics {
     }
 
     async fn refresh(&self, db: &PgPool, queue: &Queue) {
-        let active = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM sessions WHERE retain OR expires_at > now()",
-        )
-        .fetch_one(db)
-        .await;
+        let active =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sessions WHERE expires_at > now()")
+                .fetch_one(db)
+                .await;
         match active {
             Ok(n) => self.active_sessions.set(n),
             Err(err) => tracing::debug!(error = %err, "active sessions not counted"),
@@ -221,6 +230,11 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
+    }
+
+    /// Counts request log entries that will never be written.
+    pub fn request_logs_dropped(&self, n: u64) {
+        self.request_logs_dropped.inc_by(n);
     }
 }
 

@@ -9,7 +9,8 @@
 //! - [`dead`]: follows JetStream's max-deliveries advisories: those jobs are `dead`.
 //! - [`callbacks`]: POSTs terminal records to callback URLs, signed, with retries.
 //! - [`submit`]: jobs producers publish straight onto `<prefix>.submit.<language_title>`.
-//! - [`reaper`]: removes sessions that expired longer ago than the retention.
+//! - [`reaper`]: removes sessions that expired longer ago than the retention,
+//!   the scripts nothing refers to any more, and request logs past their retention.
 //!
 //! Build with [`App::build`], serve with [`App::run`]; every loop has a
 //! one-step function (`process_next`, `sweep_once`, `handle_advisory`) tests drive.
@@ -66,7 +67,12 @@ impl App {
             .name("lambda-dispatcher")
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&config.nats_prefix);
         schemas::jetstream::ensure_jobs_stream(&js, &subjects).await?;

@@ -130,17 +130,27 @@ pub(crate) async fn deliver_callbacks(callbacks: Callbacks, shutdown: Cancellati
 }
 
 pub(crate) async fn reap(db: PgPool, config: Config, shutdown: CancellationToken) {
-    let retention = Duration::from_secs(config.session_retention_seconds);
+    let sessions = Duration::from_secs(config.session_retention_seconds);
+    let logs = Duration::from_secs(config.request_log_retention_days.saturating_mul(86_400));
     let mut tick = tokio::time::interval(Duration::from_secs(config.reap_interval_seconds.max(1)));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        match reaper::reap_expired_sessions(&db, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "removed expired sessions"),
-            Err(err) => tracing::warn!(error = %err, "session reaping failed; will retry"),
+        match reaper::reap_once(&db, sessions, logs).await {
+            Ok(reaper::Reaped {
+                sessions: 0,
+                scripts: 0,
+                request_logs: 0,
+            }) => {}
+            Ok(reaped) => tracing::info!(
+                sessions = reaped.sessions,
+                scripts = reaped.scripts,
+                request_logs = reaped.request_logs,
+                "removed expired sessions, unused scripts and old request logs"
+            ),
+            Err(err) => tracing::warn!(error = %err, "clean-up failed; will retry"),
         }
     }
 }

@@ -113,9 +113,11 @@ async fn initialize(
     };
 
     let mut tx = state.db.begin().await?;
+    // Touching an existing script locks it until the session refers to it,
+    // so that the dispatcher cannot remove it as unused in between.
     sqlx::query(
         "INSERT INTO scripts (hash, language, content) VALUES ($1, $2, $3)
-         ON CONFLICT (hash) DO NOTHING",
+         ON CONFLICT (hash) DO UPDATE SET created_at = now()",
     )
     .bind(&session.script_hash)
     .bind(language.as_str())
@@ -322,13 +324,19 @@ async fn get_session(
         count += n;
         last = last.max(Some(at));
     }
-    let active = row.retain || row.expires_at > Utc::now();
+    let mut expires_at = row.expires_at;
+    if row.retain {
+        if let Some(until) = state.executions.extended_until(id) {
+            expires_at = expires_at.max(until);
+        }
+    }
+    let active = expires_at > Utc::now();
     Ok(Json(json!({
         "request_id": row.request_id,
         "language_title": row.language_title,
         "status": if active { "active" } else { "expired" },
         "created_at": row.created_at,
-        "expires_at": row.expires_at,
+        "expires_at": expires_at,
         "execution_count": count,
         "last_executed_at": last,
     })))

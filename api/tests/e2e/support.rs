@@ -47,6 +47,12 @@ pub struct Options {
     pub rate_limit_fail_open: bool,
     /// `RATE_LIMIT_TRUST_FORWARDED_FOR`.
     pub rate_limit_trust_forwarded_for: bool,
+    /// How long an expired session stays readable before the dispatcher removes it.
+    pub session_retention_seconds: u64,
+    /// How often the dispatcher cleans up.
+    pub reap_interval_seconds: u64,
+    /// `REQUEST_LOG_BUFFER`.
+    pub request_log_buffer: usize,
 }
 
 impl Default for Options {
@@ -66,6 +72,9 @@ impl Default for Options {
             rate_limit_read_per_minute: 1_000_000,
             rate_limit_fail_open: true,
             rate_limit_trust_forwarded_for: false,
+            session_retention_seconds: 86_400,
+            reap_interval_seconds: 60,
+            request_log_buffer: 10_000,
         }
     }
 }
@@ -79,6 +88,11 @@ pub struct Stack {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     db_name: String,
+    /// What the processes were started with, for [`Stack::restart`].
+    api_config: api::Config,
+    dispatcher_config: dispatcher::Config,
+    worker_config: Option<workers::Config>,
+    languages: Vec<Language>,
 }
 
 impl Stack {
@@ -120,6 +134,8 @@ impl Stack {
         config.rate_limit_read_per_minute = options.rate_limit_read_per_minute;
         config.rate_limit_fail_open = options.rate_limit_fail_open;
         config.rate_limit_trust_forwarded_for = options.rate_limit_trust_forwarded_for;
+        config.request_log_buffer = options.request_log_buffer;
+        let api_config = config.clone();
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
@@ -133,6 +149,9 @@ impl Stack {
         dconfig.sweep_after_seconds = 5;
         dconfig.sweep_interval_ms = 1000;
         dconfig.nats_prefix = prefix.clone();
+        dconfig.session_retention_seconds = options.session_retention_seconds;
+        dconfig.reap_interval_seconds = options.reap_interval_seconds;
+        let dispatcher_config = dconfig.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await
             .expect("dispatcher starts");
@@ -142,6 +161,7 @@ impl Stack {
         }));
 
         let mut worker = None;
+        let mut worker_config = None;
         if options.worker {
             let mut wconfig = workers::Config::from_env();
             wconfig.nats_url = nats_url.clone();
@@ -152,6 +172,7 @@ impl Stack {
             wconfig.wasm_concurrency = 2;
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
+            worker_config = Some(wconfig.clone());
             let app = workers::App::build(wconfig).await.expect("worker starts");
             worker = Some(app.handle());
             let token = shutdown.clone();
@@ -167,6 +188,10 @@ impl Stack {
             shutdown,
             tasks,
             db_name,
+            api_config,
+            dispatcher_config,
+            worker_config,
+            languages: options.languages.clone(),
         };
         if options.worker {
             for language in &options.languages {
@@ -178,6 +203,47 @@ impl Stack {
             }
         }
         stack
+    }
+
+    /// Stops the api, the dispatcher and the worker, and starts new ones on
+    /// the same database and NATS prefix (the api on a new port; with an
+    /// in-process cache, an empty one).
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+        self.shutdown = CancellationToken::new();
+        let app = api::App::build(self.api_config.clone())
+            .await
+            .expect("api starts again");
+        self.base = format!("http://127.0.0.1:{}", app.port());
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            app.run(token).await.expect("api runs")
+        }));
+        let dispatcher = dispatcher::App::build(self.dispatcher_config.clone())
+            .await
+            .expect("dispatcher starts again");
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            dispatcher.run(token).await.expect("dispatcher runs")
+        }));
+        if let Some(wconfig) = self.worker_config.clone() {
+            let app = workers::App::build(wconfig)
+                .await
+                .expect("worker starts again");
+            self.worker = Some(app.handle());
+            let token = self.shutdown.clone();
+            self.tasks
+                .push(tokio::spawn(async move { app.run(token).await }));
+            for language in self.languages.clone() {
+                self.wait_for(&format!("the {language} runtime to be announced"), |h| {
+                    h["components"]["runtimes"][language.as_str()]["status"] == "ok"
+                })
+                .await;
+            }
+        }
     }
 
     /// Polls `/health` until `check` holds (10 s at most).
