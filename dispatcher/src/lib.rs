@@ -40,6 +40,8 @@ use submit::Submissions;
 use sweeper::Sweeper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// Messages a subscription of this process holds before NATS counts it slow.
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
 /// A connected dispatcher.
 pub struct App {
     config: Config,
@@ -65,6 +67,9 @@ impl App {
             .context("applying migrations")?;
         let client = async_nats::ConnectOptions::new()
             .name("lambda-dispatcher")
+            // Direct submissions arrive in bursts on a core subscription: they
+            // wait here, bounded, rather than being dropped as a slow consumer.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .connect(&config.nats_url)
             .await
             .with_context(|| {

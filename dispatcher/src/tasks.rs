@@ -13,8 +13,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long one pull for events waits.
 const EVENTS_WAIT: Duration = Duration::from_millis(500);
-/// Most direct submissions being stored at once.
-const MAX_SUBMISSIONS: usize = 256;
+/// Most direct submissions being stored at once: about the database pool's
+/// size, so that none waits out its connection timeout.
+const MAX_SUBMISSIONS: usize = 8;
 /// Most callbacks being delivered at once.
 const MAX_DELIVERIES: usize = 256;
 
