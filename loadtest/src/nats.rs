@@ -1,0 +1,343 @@
+//! The `nats` flow: a producer that never touches REST. It publishes `--jobs`
+//! submissions to `<prefix>.submit.<lang>-loadtest` (core NATS, which the
+//! dispatchers' queue group consumes), each a request answered with the job
+//! handle (or, with `--no-reply`, fire and forget), and collects the terminal
+//! records the dispatcher publishes on `<prefix>.results.<lang>-loadtest`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::client::RequestErrorKind;
+use futures::StreamExt as _;
+use schemas::submit::{SubmitReply, SubmitRequest};
+use schemas::Subjects;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::api::{self, CommonArgs};
+use crate::duration::parse_duration;
+use crate::jobs::{self, JobRecord, JobsRun, JobsSummary, RateMeter};
+use crate::report::{ErrorKind, Recorder};
+use crate::script::{self, Lang};
+
+/// Terminal records the client may hold before we read them; a burst larger
+/// than this would be dropped by the client as a slow consumer.
+const RESULTS_CAPACITY: usize = 1 << 20;
+
+/// Options of `loadtest nats`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The NATS server the dispatchers listen on.
+    #[arg(
+        long,
+        env = "LOADTEST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// The system's subject prefix (its `NATS_PREFIX`).
+    #[arg(long, env = "LOADTEST_NATS_PREFIX", default_value = Subjects::DEFAULT_PREFIX)]
+    pub nats_prefix: String,
+    /// Runtime to load; its script returns `params.a + params.b`.
+    #[arg(long, env = "LOADTEST_LANG", value_enum, default_value_t = Lang::Nodejs)]
+    pub lang: Lang,
+    /// Jobs to publish in all.
+    #[arg(long, env = "LOADTEST_JOBS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: u64,
+    /// Submissions waiting for their reply at once.
+    #[arg(long, env = "LOADTEST_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Publish without a reply subject, as fast as the client sends; lost
+    /// submissions show up as `missing`.
+    #[arg(long, env = "LOADTEST_NO_REPLY")]
+    pub no_reply: bool,
+    /// Give every job the same params (the async path runs each job regardless).
+    #[arg(long, alias = "same-params", env = "LOADTEST_CACHE")]
+    pub cache: bool,
+    /// How long to wait for the last terminal record once everything is published.
+    #[arg(long, env = "LOADTEST_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A published job whose terminal record has not arrived yet.
+struct Pending {
+    sent: Instant,
+    expected: u64,
+}
+
+/// What the publisher, the collector and the progress line share.
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<Uuid, Pending>>,
+    published: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    terminal: AtomicU64,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Registers the function, publishes, collects; prints the summary (and
+/// writes `--json`) before returning it.
+pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
+    let http = args.common.client(1)?;
+    api::register(&http, &args.common, args.lang).await?;
+    let title = args.lang.language_title();
+    let subjects = Subjects::new(args.nats_prefix.clone());
+    let nats = async_nats::ConnectOptions::new()
+        .subscription_capacity(RESULTS_CAPACITY)
+        .request_timeout(Some(args.common.request_timeout))
+        .connect(args.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let results = nats
+        .subscribe(subjects.results(&title))
+        .await
+        .context("subscribing to the terminal records")?;
+    // The subscription is in place on the server before the first job can end.
+    nats.flush().await.context("flushing to NATS")?;
+    eprintln!(
+        "function {title} registered; publishing to {}",
+        subjects.submit(&title)
+    );
+
+    let shared = Arc::new(Shared::default());
+    let started = Instant::now();
+    let (end_collecting, collecting_ended) = oneshot::channel();
+    let collector = tokio::spawn(collect(results, shared.clone(), started, collecting_ended));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut publisher = tokio::spawn(publish_all(
+        nats.clone(),
+        subjects.submit(&title),
+        args.clone(),
+        shared.clone(),
+        stop.clone(),
+    ));
+
+    let mut published: Option<(Recorder, Instant)> = None;
+    let (mut meter, mut printed) = (RateMeter::new(), started);
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let interrupted = loop {
+        tokio::select! {
+            done = &mut publisher, if published.is_none() => {
+                published = Some((done.context("the publisher panicked")?, Instant::now()));
+            }
+            _ = &mut ctrl_c => {
+                eprintln!("nats: interrupted");
+                break true;
+            }
+            _ = ticker.tick() => {
+                let terminal = shared.terminal.load(Ordering::Relaxed);
+                if printed.elapsed() >= Duration::from_secs(1) {
+                    printed = Instant::now();
+                    let counts = [
+                        ("published", shared.published.load(Ordering::Relaxed)),
+                        ("accepted", shared.accepted.load(Ordering::Relaxed)),
+                        ("terminal", terminal),
+                    ];
+                    let refused = shared.refused.load(Ordering::Relaxed);
+                    jobs::progress("nats", started, &counts, meter.rate(terminal), refused);
+                }
+                if let Some((_, at)) = &published {
+                    if shared.pending().is_empty() {
+                        break false;
+                    }
+                    if at.elapsed() >= args.timeout {
+                        eprintln!("nats: gave up waiting after {:?}", args.timeout);
+                        break false;
+                    }
+                }
+            }
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let (mut recorder, published_at) = match published {
+        Some(done) => done,
+        None => (
+            publisher.await.context("the publisher panicked")?,
+            Instant::now(),
+        ),
+    };
+    let _ = end_collecting.send(());
+    let (collected, last_terminal) = collector.await.context("the collector panicked")?;
+    recorder.merge(&collected);
+    for _ in shared.pending().drain() {
+        recorder.record(Err(ErrorKind::Missing), Duration::ZERO);
+    }
+
+    let run = JobsRun {
+        flow: "nats",
+        lang: args.lang,
+        jobs: args.jobs,
+        accepted: shared.accepted.load(Ordering::Relaxed),
+        terminal: shared.terminal.load(Ordering::Relaxed),
+        submit: published_at - started,
+        end_to_end: last_terminal - started,
+        latency_basis: "publish to terminal record received",
+        interrupted,
+    };
+    let summary = run.summary(&recorder);
+    println!("{summary}");
+    if let Some(path) = &args.common.json {
+        summary.write_json(path)?;
+    }
+    Ok(summary)
+}
+
+/// Job `n`'s id, its submission as JSON, and its expected result.
+pub fn submission(n: u64, same: bool) -> (Uuid, Vec<u8>, u64) {
+    let (params, expected) = script::params(n, same);
+    let job_id = Uuid::now_v7();
+    let request = SubmitRequest {
+        params: Some(params),
+        job_id: Some(job_id),
+        request_id: None,
+        script_content: None,
+        callback_url: None,
+        context: None,
+    };
+    let payload = serde_json::to_vec(&request).expect("a submission serialises");
+    (job_id, payload, expected)
+}
+
+/// Publishes every job; returns the submissions that failed.
+async fn publish_all(
+    nats: async_nats::Client,
+    subject: String,
+    args: NatsArgs,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> Recorder {
+    let recorder = Mutex::new(Recorder::new());
+    let fail = |job_id: Uuid, kind: ErrorKind| {
+        // A job whose record already came was accepted whatever the reply said.
+        if shared.pending().remove(&job_id).is_some() {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            let mut recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+            recorder.record(Err(kind), Duration::ZERO);
+        } else {
+            shared.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let same = args.cache;
+    let jobs = futures::stream::iter(0..args.jobs)
+        .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed)));
+    if args.no_reply {
+        futures::pin_mut!(jobs);
+        while let Some(n) = jobs.next().await {
+            let (job_id, payload, expected) = submission(n, same);
+            let sent = Instant::now();
+            shared.pending().insert(job_id, Pending { sent, expected });
+            shared.published.fetch_add(1, Ordering::Relaxed);
+            match nats.publish(subject.clone(), payload.into()).await {
+                Ok(()) => {
+                    shared.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => fail(job_id, ErrorKind::Transport),
+            }
+        }
+        if let Err(e) = nats.flush().await {
+            eprintln!("nats: flushing the publishes: {e}");
+        }
+    } else {
+        jobs.for_each_concurrent(usize::from(args.concurrency), |n| {
+            let (nats, subject, shared, fail) = (&nats, &subject, &shared, &fail);
+            async move {
+                let (job_id, payload, expected) = submission(n, same);
+                let sent = Instant::now();
+                shared.pending().insert(job_id, Pending { sent, expected });
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                match request(nats, subject, payload).await {
+                    Ok(()) => {
+                        shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(kind) => fail(job_id, kind),
+                }
+            }
+        })
+        .await;
+    }
+    recorder.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One submission as a request; `Ok` when the dispatcher accepted it.
+async fn request(
+    nats: &async_nats::Client,
+    subject: &str,
+    payload: Vec<u8>,
+) -> Result<(), ErrorKind> {
+    let reply = nats
+        .request(subject.to_owned(), payload.into())
+        .await
+        .map_err(|e| match e.kind() {
+            RequestErrorKind::TimedOut => ErrorKind::Timeout,
+            RequestErrorKind::NoResponders => ErrorKind::NoResponders,
+            RequestErrorKind::Other => ErrorKind::Transport,
+        })?;
+    match serde_json::from_slice::<SubmitReply>(&reply.payload) {
+        Ok(SubmitReply::Accepted { .. }) => Ok(()),
+        Ok(SubmitReply::Refused { error }) => Err(ErrorKind::Refused(error.code)),
+        Err(_) => Err(ErrorKind::BadBody),
+    }
+}
+
+/// Reads terminal records until told to stop, scoring those of pending jobs;
+/// returns their outcomes and when the last one came.
+async fn collect(
+    mut results: async_nats::Subscriber,
+    shared: Arc<Shared>,
+    started: Instant,
+    mut stop: oneshot::Receiver<()>,
+) -> (Recorder, Instant) {
+    let mut recorder = Recorder::new();
+    let mut last = started;
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => break,
+            message = results.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        // Records of other producers' jobs on the same subject are not ours.
+        let Ok(record) = serde_json::from_slice::<JobRecord>(&message.payload) else {
+            continue;
+        };
+        let Some(pending) = shared.pending().remove(&record.job_id) else {
+            continue;
+        };
+        last = Instant::now();
+        recorder.record(record.outcome(pending.expected), pending.sent.elapsed());
+        shared.terminal.fetch_add(1, Ordering::Relaxed);
+    }
+    (recorder, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submissions_follow_the_contract_and_name_their_job() {
+        let (job_id, payload, expected) = submission(5, false);
+        let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(request.job_id, Some(job_id));
+        assert_eq!(request.params, Some(serde_json::json!({"a": 5, "b": 1})));
+        assert_eq!(request.request_id, None);
+        assert_eq!(request.script_content, None);
+        assert_eq!(expected, 6);
+        assert_ne!(submission(5, false).0, job_id, "job ids are unique");
+    }
+}
