@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,10 +116,17 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<JobsSummary> {
     eprintln!("function {} registered", args.lang.language_title());
 
     let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let started = Instant::now();
     let started_wall = Utc::now();
-    let submitter = tokio::spawn(submit_all(client.clone(), args.clone(), tx, stop.clone()));
+    let submitter = tokio::spawn(submit_all(
+        client.clone(),
+        args.clone(),
+        tx,
+        stop.clone(),
+        refused.clone(),
+    ));
 
     let mut waiting: Vec<Waiting> = Vec::new();
     let (mut submitting, mut submitted_at) = (true, started);
@@ -147,7 +154,8 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<JobsSummary> {
                 if printed.elapsed() >= Duration::from_secs(1) {
                     printed = Instant::now();
                     let counts = [("accepted", accepted), ("terminal", terminal)];
-                    jobs::progress("batch", started, &counts, meter.rate(terminal), 0);
+                    let errors = refused.load(Ordering::Relaxed);
+                    jobs::progress("batch", started, &counts, meter.rate(terminal), errors);
                 }
                 if !submitting && terminal == accepted {
                     break false;
@@ -160,6 +168,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<JobsSummary> {
         }
     };
     stop.store(true, Ordering::Relaxed);
+    let polled_terminal: u64 = waiting.iter().map(|w| w.terminal).sum();
     let (mut recorder, batches) = submitter.await.context("the submitter panicked")?;
     if submitting {
         submitted_at = Instant::now();
@@ -190,9 +199,13 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<JobsSummary> {
             }
         }
     }
-    // The poll saw the last terminal state up to a poll interval late; the
-    // records say when it happened (on the server's clock, trusted only
-    // when it agrees with the poll's bound).
+    // A poll sees the last terminal state up to a poll interval late; the
+    // records say when it happened, on the server's clock. That is trusted
+    // within what this side saw: no later than the poll that found every
+    // job done (or, if some finished after the last poll, than now).
+    if run.terminal > polled_terminal {
+        run.end_to_end = started.elapsed();
+    }
     if let Some(exact) = last_finished.and_then(|end| (end - started_wall).to_std().ok()) {
         run.end_to_end = run.end_to_end.min(exact);
     }
@@ -206,12 +219,14 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<JobsSummary> {
 }
 
 /// Submits every batch, `--concurrency` at a time, announcing each accepted
-/// one on `tx`; returns the submission failures and the accepted batches.
+/// one on `tx` and counting refused jobs in `refused`; returns the submission
+/// failures and the accepted batches.
 async fn submit_all(
     client: reqwest::Client,
     args: BatchArgs,
     tx: mpsc::UnboundedSender<Waiting>,
     stop: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
 ) -> (Recorder, Vec<Submitted>) {
     let url = args.common.endpoint("/api/v1/jobs/batch");
     let title = args.lang.language_title();
@@ -230,8 +245,9 @@ async fn submit_all(
         .buffer_unordered(usize::from(args.concurrency));
     while let Some((len, answer)) = answers.next().await {
         match answer {
-            Ok((batch, refused)) => {
-                for code in refused {
+            Ok((batch, codes)) => {
+                refused.fetch_add(codes.len() as u64, Ordering::Relaxed);
+                for code in codes {
                     recorder.record(Err(ErrorKind::Refused(code)), Duration::ZERO);
                 }
                 let _ = tx.send(Waiting {
@@ -243,6 +259,7 @@ async fn submit_all(
             }
             Err(kind) => {
                 eprintln!("batch: a batch of {len} jobs failed: {kind}");
+                refused.fetch_add(len, Ordering::Relaxed);
                 for _ in 0..len {
                     recorder.record(Err(kind), Duration::ZERO);
                 }
