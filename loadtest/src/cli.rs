@@ -66,7 +66,7 @@ mod tests {
             (Lang::Wasm, 100_000, 10_000)
         );
         assert_eq!(batch.concurrency, 1);
-        assert_eq!(batch.timeout, Duration::from_secs(600));
+        assert_eq!(batch.timeout, Duration::from_secs(120));
 
         let Flow::Nats(nats) = parse("loadtest nats --lang python --jobs 50000").unwrap() else {
             panic!("not nats")

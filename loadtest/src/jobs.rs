@@ -97,7 +97,7 @@ pub struct JobsSummary {
     pub lang: String,
     /// Jobs asked for.
     pub jobs: u64,
-    /// Jobs the system accepted.
+    /// Jobs the system accepted (with `nats --no-reply`: jobs published).
     pub accepted: u64,
     /// Accepted jobs that reached a terminal state before the wait ended.
     pub terminal: u64,

@@ -53,15 +53,17 @@ pub struct NatsArgs {
     #[arg(long, env = "LOADTEST_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
-    /// Publish without a reply subject, as fast as the client sends; lost
-    /// submissions show up as `missing`.
+    /// Publish without a reply subject, as fast as the client sends; every
+    /// publish then counts as accepted, and lost submissions show up as `missing`.
     #[arg(long, env = "LOADTEST_NO_REPLY")]
     pub no_reply: bool,
     /// Give every job the same params (the async path runs each job regardless).
     #[arg(long, alias = "same-params", env = "LOADTEST_CACHE")]
     pub cache: bool,
-    /// How long to wait for the last terminal record once everything is published.
-    #[arg(long, env = "LOADTEST_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    /// Once everything is published, give up when no terminal record came for
+    /// this long; the jobs without one count as `missing`. Keep it above the
+    /// dispatcher's `SWEEP_AFTER_SECONDS`, after which unpublished jobs are republished.
+    #[arg(long, env = "LOADTEST_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -79,6 +81,8 @@ struct Shared {
     accepted: AtomicU64,
     refused: AtomicU64,
     terminal: AtomicU64,
+    /// When the last terminal record came, in ms after the start.
+    last_terminal_ms: AtomicU64,
 }
 
 impl Shared {
@@ -125,8 +129,10 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
     ));
 
     let mut published: Option<(Recorder, Instant)> = None;
-    let (mut meter, mut printed) = (RateMeter::new(), started);
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut meter = RateMeter::new();
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
+    progress.tick().await; // the first tick is immediate
+    let mut check = tokio::time::interval(Duration::from_millis(100));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let interrupted = loop {
@@ -138,24 +144,25 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
                 eprintln!("nats: interrupted");
                 break true;
             }
-            _ = ticker.tick() => {
+            _ = progress.tick() => {
                 let terminal = shared.terminal.load(Ordering::Relaxed);
-                if printed.elapsed() >= Duration::from_secs(1) {
-                    printed = Instant::now();
-                    let counts = [
-                        ("published", shared.published.load(Ordering::Relaxed)),
-                        ("accepted", shared.accepted.load(Ordering::Relaxed)),
-                        ("terminal", terminal),
-                    ];
-                    let refused = shared.refused.load(Ordering::Relaxed);
-                    jobs::progress("nats", started, &counts, meter.rate(terminal), refused);
-                }
+                let counts = [
+                    ("published", shared.published.load(Ordering::Relaxed)),
+                    ("accepted", shared.accepted.load(Ordering::Relaxed)),
+                    ("terminal", terminal),
+                ];
+                let refused = shared.refused.load(Ordering::Relaxed);
+                jobs::progress("nats", started, &counts, meter.rate(terminal), refused);
+            }
+            _ = check.tick() => {
                 if let Some((_, at)) = &published {
                     if shared.pending().is_empty() {
                         break false;
                     }
-                    if at.elapsed() >= args.timeout {
-                        eprintln!("nats: gave up waiting after {:?}", args.timeout);
+                    let last_ms = shared.last_terminal_ms.load(Ordering::Relaxed);
+                    let last = started + Duration::from_millis(last_ms);
+                    if (*at).max(last).elapsed() >= args.timeout {
+                        eprintln!("nats: no terminal record for {:?}; giving up", args.timeout);
                         break false;
                     }
                 }
@@ -321,6 +328,8 @@ async fn collect(
         last = Instant::now();
         recorder.record(record.outcome(pending.expected), pending.sent.elapsed());
         shared.terminal.fetch_add(1, Ordering::Relaxed);
+        let ms = u64::try_from((last - started).as_millis()).unwrap_or(u64::MAX);
+        shared.last_terminal_ms.store(ms, Ordering::Relaxed);
     }
     (recorder, last)
 }
