@@ -74,7 +74,7 @@ mod tests {
         assert_eq!((nats.lang, nats.jobs), (Lang::Python, 50_000));
         assert_eq!(nats.nats_prefix, "lambda");
         assert_eq!(nats.concurrency, 64);
-        assert!(!nats.no_reply);
+        assert!(!nats.no_reply && !nats.session);
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct NatsArgs {
     /// Give every job the same params (the async path runs each job regardless).
     #[arg(long, alias = "same-params", env = "LOADTEST_CACHE")]
     pub cache: bool,
+    /// Name the session `initialize` opened (`request_id`) in each submission
+    /// instead of the registered function's Language-Title.
+    #[arg(long, env = "LOADTEST_SESSION")]
+    pub session: bool,
     /// Once everything is published, give up when no terminal record came for
     /// this long; the jobs without one count as `missing`. Keep it above the
     /// dispatcher's `SWEEP_AFTER_SECONDS`, after which unpublished jobs are republished.
@@ -95,7 +99,11 @@ impl Shared {
 /// writes `--json`) before returning it.
 pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
     let http = args.common.client(1)?;
-    api::register(&http, &args.common, args.lang).await?;
+    let request_id = api::register(&http, &args.common, args.lang).await?;
+    let session = match args.session {
+        true => Some(request_id.parse().context("the request_id is not a UUID")?),
+        false => None,
+    };
     let title = args.lang.language_title();
     let subjects = Subjects::new(args.nats_prefix.clone());
     let nats = async_nats::ConnectOptions::new()
@@ -124,6 +132,7 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
         nats.clone(),
         subjects.submit(&title),
         args.clone(),
+        session,
         shared.clone(),
         stop.clone(),
     ));
@@ -203,14 +212,15 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
     Ok(summary)
 }
 
-/// Job `n`'s id, its submission as JSON, and its expected result.
-pub fn submission(n: u64, same: bool) -> (Uuid, Vec<u8>, u64) {
+/// Job `n`'s id, its submission as JSON (running `session` if given, else
+/// the subject's function), and its expected result.
+pub fn submission(n: u64, same: bool, session: Option<Uuid>) -> (Uuid, Vec<u8>, u64) {
     let (params, expected) = script::params(n, same);
     let job_id = Uuid::now_v7();
     let request = SubmitRequest {
         params: Some(params),
         job_id: Some(job_id),
-        request_id: None,
+        request_id: session,
         script_content: None,
         callback_url: None,
         context: None,
@@ -224,6 +234,7 @@ async fn publish_all(
     nats: async_nats::Client,
     subject: String,
     args: NatsArgs,
+    session: Option<Uuid>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) -> Recorder {
@@ -244,7 +255,7 @@ async fn publish_all(
     if args.no_reply {
         futures::pin_mut!(jobs);
         while let Some(n) = jobs.next().await {
-            let (job_id, payload, expected) = submission(n, same);
+            let (job_id, payload, expected) = submission(n, same, session);
             let sent = Instant::now();
             shared.pending().insert(job_id, Pending { sent, expected });
             shared.published.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +273,7 @@ async fn publish_all(
         jobs.for_each_concurrent(usize::from(args.concurrency), |n| {
             let (nats, subject, shared, fail) = (&nats, &subject, &shared, &fail);
             async move {
-                let (job_id, payload, expected) = submission(n, same);
+                let (job_id, payload, expected) = submission(n, same, session);
                 let sent = Instant::now();
                 shared.pending().insert(job_id, Pending { sent, expected });
                 shared.published.fetch_add(1, Ordering::Relaxed);
@@ -340,13 +351,19 @@ mod tests {
 
     #[test]
     fn submissions_follow_the_contract_and_name_their_job() {
-        let (job_id, payload, expected) = submission(5, false);
+        let (job_id, payload, expected) = submission(5, false, None);
         let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
         assert_eq!(request.job_id, Some(job_id));
         assert_eq!(request.params, Some(serde_json::json!({"a": 5, "b": 1})));
         assert_eq!(request.request_id, None);
         assert_eq!(request.script_content, None);
         assert_eq!(expected, 6);
-        assert_ne!(submission(5, false).0, job_id, "job ids are unique");
+        assert_ne!(submission(5, false, None).0, job_id, "job ids are unique");
+
+        let session = Uuid::now_v7();
+        let (_, payload, _) = submission(5, true, Some(session));
+        let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(request.request_id, Some(session));
+        assert_eq!(request.params, Some(serde_json::json!({"a": 41, "b": 1})));
     }
 }

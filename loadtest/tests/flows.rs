@@ -213,7 +213,7 @@ async fn nats_collects_a_terminal_record_for_every_publish() {
     let stack = Stack::start().await;
     for line in [
         "nats --lang wasm --jobs 300 --concurrency 32 --timeout 60s",
-        "nats --lang nodejs --jobs 200 --no-reply --timeout 60s",
+        "nats --lang nodejs --jobs 200 --no-reply --session --timeout 60s",
     ] {
         let path = json_path();
         let Flow::Nats(args) = stack.flow(line, &path) else {
