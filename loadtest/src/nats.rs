@@ -4,15 +4,15 @@
 //! handle (or, with `--no-reply`, fire and forget), and collects the terminal
 //! records the dispatcher publishes on `<prefix>.results.<lang>-loadtest`.
 
+mod publish;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::client::RequestErrorKind;
 use futures::StreamExt as _;
-use schemas::submit::{SubmitReply, SubmitRequest};
 use schemas::Subjects;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -21,7 +21,9 @@ use crate::api::{self, CommonArgs};
 use crate::duration::parse_duration;
 use crate::jobs::{self, JobRecord, JobsRun, JobsSummary, RateMeter};
 use crate::report::{ErrorKind, Recorder};
-use crate::script::{self, Lang};
+use crate::script::Lang;
+
+pub use publish::submission;
 
 /// Terminal records the client may hold before we read them; a burst larger
 /// than this would be dropped by the client as a slow consumer.
@@ -128,7 +130,7 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
     let (end_collecting, collecting_ended) = oneshot::channel();
     let collector = tokio::spawn(collect(results, shared.clone(), started, collecting_ended));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut publisher = tokio::spawn(publish_all(
+    let mut publisher = tokio::spawn(publish::publish_all(
         nats.clone(),
         subjects.submit(&title),
         args.clone(),
@@ -212,105 +214,6 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<JobsSummary> {
     Ok(summary)
 }
 
-/// Job `n`'s id, its submission as JSON (running `session` if given, else
-/// the subject's function), and its expected result.
-pub fn submission(n: u64, same: bool, session: Option<Uuid>) -> (Uuid, Vec<u8>, u64) {
-    let (params, expected) = script::params(n, same);
-    let job_id = Uuid::now_v7();
-    let request = SubmitRequest {
-        params: Some(params),
-        job_id: Some(job_id),
-        request_id: session,
-        script_content: None,
-        callback_url: None,
-        context: None,
-    };
-    let payload = serde_json::to_vec(&request).expect("a submission serialises");
-    (job_id, payload, expected)
-}
-
-/// Publishes every job; returns the submissions that failed.
-async fn publish_all(
-    nats: async_nats::Client,
-    subject: String,
-    args: NatsArgs,
-    session: Option<Uuid>,
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-) -> Recorder {
-    let recorder = Mutex::new(Recorder::new());
-    let fail = |job_id: Uuid, kind: ErrorKind| {
-        // A job whose record already came was accepted whatever the reply said.
-        if shared.pending().remove(&job_id).is_some() {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-            let mut recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
-            recorder.record(Err(kind), Duration::ZERO);
-        } else {
-            shared.accepted.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    let same = args.cache;
-    let jobs = futures::stream::iter(0..args.jobs)
-        .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed)));
-    if args.no_reply {
-        futures::pin_mut!(jobs);
-        while let Some(n) = jobs.next().await {
-            let (job_id, payload, expected) = submission(n, same, session);
-            let sent = Instant::now();
-            shared.pending().insert(job_id, Pending { sent, expected });
-            shared.published.fetch_add(1, Ordering::Relaxed);
-            match nats.publish(subject.clone(), payload.into()).await {
-                Ok(()) => {
-                    shared.accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => fail(job_id, ErrorKind::Transport),
-            }
-        }
-        if let Err(e) = nats.flush().await {
-            eprintln!("nats: flushing the publishes: {e}");
-        }
-    } else {
-        jobs.for_each_concurrent(usize::from(args.concurrency), |n| {
-            let (nats, subject, shared, fail) = (&nats, &subject, &shared, &fail);
-            async move {
-                let (job_id, payload, expected) = submission(n, same, session);
-                let sent = Instant::now();
-                shared.pending().insert(job_id, Pending { sent, expected });
-                shared.published.fetch_add(1, Ordering::Relaxed);
-                match request(nats, subject, payload).await {
-                    Ok(()) => {
-                        shared.accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(kind) => fail(job_id, kind),
-                }
-            }
-        })
-        .await;
-    }
-    recorder.into_inner().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One submission as a request; `Ok` when the dispatcher accepted it.
-async fn request(
-    nats: &async_nats::Client,
-    subject: &str,
-    payload: Vec<u8>,
-) -> Result<(), ErrorKind> {
-    let reply = nats
-        .request(subject.to_owned(), payload.into())
-        .await
-        .map_err(|e| match e.kind() {
-            RequestErrorKind::TimedOut => ErrorKind::Timeout,
-            RequestErrorKind::NoResponders => ErrorKind::NoResponders,
-            RequestErrorKind::Other => ErrorKind::Transport,
-        })?;
-    match serde_json::from_slice::<SubmitReply>(&reply.payload) {
-        Ok(SubmitReply::Accepted { .. }) => Ok(()),
-        Ok(SubmitReply::Refused { error }) => Err(ErrorKind::Refused(error.code)),
-        Err(_) => Err(ErrorKind::BadBody),
-    }
-}
-
 /// Reads terminal records until told to stop, scoring those of pending jobs;
 /// returns their outcomes and when the last one came.
 async fn collect(
@@ -343,27 +246,4 @@ async fn collect(
         shared.last_terminal_ms.store(ms, Ordering::Relaxed);
     }
     (recorder, last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn submissions_follow_the_contract_and_name_their_job() {
-        let (job_id, payload, expected) = submission(5, false, None);
-        let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(request.job_id, Some(job_id));
-        assert_eq!(request.params, Some(serde_json::json!({"a": 5, "b": 1})));
-        assert_eq!(request.request_id, None);
-        assert_eq!(request.script_content, None);
-        assert_eq!(expected, 6);
-        assert_ne!(submission(5, false, None).0, job_id, "job ids are unique");
-
-        let session = Uuid::now_v7();
-        let (_, payload, _) = submission(5, true, Some(session));
-        let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(request.request_id, Some(session));
-        assert_eq!(request.params, Some(serde_json::json!({"a": 41, "b": 1})));
-    }
 }
