@@ -43,7 +43,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// The owner of everything until callers authenticate.
+/// The owner of everything when authentication is disabled (`AUTH_DISABLED`).
 pub const OWNER_ANONYMOUS: &str = "anonymous";
 
 /// What every handler shares; cheap to clone.
@@ -59,6 +59,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The NATS connection, for publishing asynchronous jobs and cancellations.
     pub nats: async_nats::Client,
+    /// Checks the credentials of every `/api/v1` request.
+    pub auth: Arc<auth::Authenticator>,
 }
 
 /// A built API, listening but not yet serving.
@@ -93,6 +95,7 @@ impl App {
         executions.spawn_writer(db.clone(), &tracker, background.clone());
         let metrics = Arc::new(Metrics::new());
         metrics.spawn_refresher(db.clone(), queue.clone(), &tracker, background.clone());
+        let auth = Arc::new(auth::Authenticator::from_config(&config, db.clone())?);
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
@@ -106,6 +109,7 @@ impl App {
             subjects,
             metrics,
             nats,
+            auth,
         };
         Ok(Self {
             listener,

@@ -36,10 +36,12 @@ fn cache_key(prefix: &str, id: Uuid) -> String {
     format!("{prefix}:session:{id}")
 }
 
-/// Loads a session that can still be executed: 404 when it is unknown or
+/// Loads a session of `owner` that can still be executed: 404 when it is
+/// unknown, another owner's (whose sessions are not even said to exist) or
 /// has expired. `raw` is the id as the caller wrote it, for the message.
 pub async fn load_active(
     state: &crate::AppState,
+    owner: &str,
     id: Uuid,
     raw: &str,
 ) -> Result<Session, ApiError> {
@@ -51,6 +53,7 @@ pub async fn load_active(
         id,
     )
     .await?
+    .filter(|s| s.owner == owner)
     .ok_or_else(|| ApiError::not_found(format!("session {raw} not found")))?;
     if !session.is_active(chrono::Utc::now()) {
         return Err(ApiError::not_found(format!("session {raw} has expired")));
