@@ -205,3 +205,79 @@ fn public_key_pem(config: &Config) -> anyhow::Result<Option<String>> {
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(algorithms: &[&str], secret: Option<&str>, public_key: Option<&str>) -> Config {
+        let mut config = Config::from_defaults();
+        config.auth_jwt_algorithms = algorithms.iter().map(|a| a.to_string()).collect();
+        config.auth_jwt_secret = secret.map(|s| s.to_owned().into());
+        config.auth_jwt_public_key = public_key.map(str::to_owned);
+        config
+    }
+
+    fn error(config: &Config) -> String {
+        match JwtVerifier::from_config(config) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+
+    #[test]
+    fn unsigned_and_unknown_algorithms_are_refused_at_start() {
+        for alg in ["none", "NONE"] {
+            assert!(error(&config(&[alg], Some(SECRET), None)).contains("never accepted"));
+        }
+        assert!(error(&config(&["ES256"], Some(SECRET), None)).contains("ES256"));
+    }
+
+    #[test]
+    fn every_listed_algorithm_needs_its_key() {
+        assert!(error(&config(&["HS256"], None, None)).contains("AUTH_JWT_SECRET"));
+        assert!(error(&config(&["RS256"], Some(SECRET), None)).contains("AUTH_JWT_PUBLIC_KEY"));
+        assert!(error(&config(&["RS256"], None, Some("not a pem"))).contains("PEM"));
+    }
+
+    #[test]
+    fn without_a_list_the_configured_keys_choose() {
+        assert!(JwtVerifier::from_config(&config(&[], None, None))
+            .unwrap()
+            .is_none());
+        let verifier = JwtVerifier::from_config(&config(&[""], Some(SECRET), None))
+            .unwrap()
+            .unwrap();
+        let algorithms: Vec<_> = verifier.keys.iter().map(|(a, _)| *a).collect();
+        assert_eq!(algorithms, [Algorithm::HS256]);
+    }
+
+    #[test]
+    fn scopes_come_from_scope_text_or_a_scopes_list() {
+        let verifier = JwtVerifier::from_config(&config(&[], Some(SECRET), None))
+            .unwrap()
+            .unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let claims = serde_json::json!({
+            "sub": "alice", "exp": exp,
+            "scope": "execute:python read:functions", "scopes": ["execute:wasm"],
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let caller = verifier.verify(&token).unwrap();
+        assert_eq!(caller.owner, "alice");
+        assert_eq!(
+            caller.scopes,
+            ["execute:python", "read:functions", "execute:wasm"]
+        );
+        assert!(caller.authenticated);
+        assert!(caller.may_execute(schemas::Language::Wasm));
+        assert!(!caller.may_execute(schemas::Language::Nodejs));
+    }
+}
