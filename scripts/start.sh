@@ -19,6 +19,8 @@ export RATE_LIMIT_DISABLED="${RATE_LIMIT_DISABLED:-true}"
 if [ "$RATE_LIMIT_DISABLED" = "true" ]; then
   log "rate limits are OFF for this local start (RATE_LIMIT_DISABLED=false turns them on)"
 fi
+# Local development: authentication is off unless asked for (AUTH_DISABLED=false).
+export AUTH_DISABLED="${AUTH_DISABLED:-true}"
 
 ensure_services
 ensure_database "$DATABASE_URL"
@@ -48,6 +50,9 @@ for _ in $(seq 1 300); do
   done
   if curl -fsS "$url/health" 2>/dev/null | grep -q '"nodejs":{[^}]*"status":"ok"'; then
     log "ready at $url (logs in $RUN_DIR/logs/; Ctrl-C stops)"
+    if [ "$AUTH_DISABLED" = "true" ]; then
+      log "WARNING: AUTH_DISABLED=true: AUTHENTICATION IS OFF. Anyone who reaches $url runs code as the anonymous caller. For real use: AUTH_DISABLED=false AUTH_JWT_SECRET=... (see README, Authentication)."
+    fi
     wait -n "${pids[@]}" || true
     die "a service exited; see $RUN_DIR/logs/"
   fi

@@ -1,6 +1,7 @@
 //! The API's configuration: command-line flags or environment variables.
 
 use clap::Parser;
+use secrecy::SecretString;
 use std::{net::SocketAddr, time::Duration};
 
 /// Everything the API can be told; every default works for the local start.
@@ -134,6 +135,48 @@ pub struct Config {
     /// it the oldest are dropped (and counted).
     #[arg(long, env = "REQUEST_LOG_BUFFER", default_value_t = 10_000)]
     pub request_log_buffer: usize,
+    /// Serve every request as the anonymous caller, without credentials
+    /// (local development only).
+    #[arg(long, env = "AUTH_DISABLED", default_value_t = false)]
+    pub auth_disabled: bool,
+
+    /// JWT algorithms accepted, comma-separated (HS256, HS384, HS512, RS256,
+    /// RS384, RS512); empty: HS256 when a secret is set, RS256 when a public key is.
+    #[arg(long, env = "AUTH_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub auth_jwt_algorithms: Vec<String>,
+
+    /// The shared secret of HS* tokens.
+    #[arg(long, env = "AUTH_JWT_SECRET", value_parser = secret, hide_env_values = true)]
+    pub auth_jwt_secret: Option<SecretString>,
+
+    /// The PEM public key of RS* tokens.
+    #[arg(long, env = "AUTH_JWT_PUBLIC_KEY")]
+    pub auth_jwt_public_key: Option<String>,
+
+    /// A file holding the PEM public key of RS* tokens.
+    #[arg(long, env = "AUTH_JWT_PUBLIC_KEY_FILE")]
+    pub auth_jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Audiences accepted, comma-separated; when set, tokens must carry one of them.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE", value_delimiter = ',')]
+    pub auth_jwt_audience: Vec<String>,
+
+    /// Issuers accepted, comma-separated; when set, tokens must carry one of them.
+    #[arg(long, env = "AUTH_JWT_ISSUER", value_delimiter = ',')]
+    pub auth_jwt_issuer: Vec<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "AUTH_JWT_LEEWAY_SECONDS", default_value_t = 30)]
+    pub auth_jwt_leeway_seconds: u64,
+
+    /// How long a looked-up API key is trusted before it is looked up again
+    /// (a revocation takes effect within this time).
+    #[arg(long, env = "AUTH_API_KEY_CACHE_SECONDS", default_value_t = 10)]
+    pub auth_api_key_cache_seconds: u64,
+}
+
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
 }
 
 impl Config {

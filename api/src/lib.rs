@@ -49,7 +49,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// The owner of everything until callers authenticate.
+/// The owner of everything when authentication is disabled (`AUTH_DISABLED`).
 pub const OWNER_ANONYMOUS: &str = "anonymous";
 
 /// What every handler shares; cheap to clone.
@@ -69,6 +69,8 @@ pub struct AppState {
     pub rate_limits: Arc<ratelimit::RateLimiter>,
     /// Where requests are logged.
     pub request_log: request_log::RequestLog,
+    /// Checks the credentials of every `/api/v1` request.
+    pub auth: Arc<auth::Authenticator>,
 }
 
 /// A built API, listening but not yet serving.
@@ -119,6 +121,7 @@ impl App {
         } else {
             request_log::RequestLog::disabled(metrics.clone())
         };
+        let auth = Arc::new(auth::Authenticator::from_config(&config, db.clone())?);
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
@@ -135,6 +138,7 @@ impl App {
             nats,
             rate_limits,
             request_log,
+            auth,
         };
         Ok(Self {
             listener,

@@ -42,11 +42,13 @@ fn cache_key(prefix: &str, id: Uuid) -> String {
     format!("{prefix}:session:{id}")
 }
 
-/// Loads a session that can still be executed: 404 when it is unknown or
+/// Loads a session of `owner` that can still be executed: 404 when it is
+/// unknown, another owner's (whose sessions are not even said to exist) or
 /// has expired. `raw` is the id as the caller wrote it, for the message. A
 /// retained session's expiry moves forward.
 pub async fn load_active(
     state: &crate::AppState,
+    owner: &str,
     id: Uuid,
     raw: &str,
 ) -> Result<Session, ApiError> {
@@ -54,6 +56,7 @@ pub async fn load_active(
     let not_found = || ApiError::not_found(format!("session {raw} not found"));
     let mut session = load(&state.db, &state.cache, &state.metrics, prefix, id)
         .await?
+        .filter(|s| s.owner == owner)
         .ok_or_else(not_found)?;
     let now = Utc::now();
     if let Some(until) = state.executions.extended_until(id) {

@@ -3,6 +3,7 @@
 
 use super::{jobs, sessions::parse_session_id};
 use crate::{
+    auth::Caller,
     error::{ApiError, ApiResult},
     extract::JsonObject,
     result_cache::{self, Directive},
@@ -66,6 +67,7 @@ struct ExecuteResponse<'a> {
 #[tracing::instrument(skip_all, fields(request_id = %request_id))]
 async fn execute(
     State(state): State<AppState>,
+    caller: Caller,
     Path(request_id): Path<String>,
     Query(query): Query<ExecuteQuery>,
     headers: HeaderMap,
@@ -82,7 +84,8 @@ async fn execute(
             ))
         }
     };
-    let session = session::load_active(&state, id, &request_id).await?;
+    let session = session::load_active(&state, &caller.owner, id, &request_id).await?;
+    caller.require_execute(session.language)?;
     if query.wants_async(&headers) {
         return execute_async(&state, session, params_json, &headers).await;
     }

@@ -1,10 +1,11 @@
 //! `POST /initialize` and `GET /sessions/{request_id}`.
 
 use crate::{
+    auth::Caller,
     error::{ApiError, ApiResult},
     extract::JsonObject,
     session::{self, Session},
-    AppState, OWNER_ANONYMOUS,
+    AppState,
 };
 use axum::{
     extract::{Path, State},
@@ -44,18 +45,20 @@ struct InitializeBody {
 #[tracing::instrument(skip_all, fields(language_title))]
 async fn initialize(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonObject(body): JsonObject<InitializeBody>,
 ) -> ApiResult<Json<Value>> {
     let language_title = language_title(&headers)?;
     tracing::Span::current().record("language_title", language_title.to_string());
+    caller.require_execute(language_title.language)?;
     let context = match body.context {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::invalid_request("context must be a JSON object")),
     };
     let limits = Limits::from_context(&context, &state)?;
-    let owner = OWNER_ANONYMOUS;
+    let owner = caller.owner.as_str();
     let lt = language_title.to_string();
 
     let (script, registers) = match body.script_content {
@@ -306,15 +309,17 @@ struct SessionStatusRow {
 
 async fn get_session(
     State(state): State<AppState>,
+    caller: Caller,
     Path(request_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_session_id(&request_id)?;
     let row = sqlx::query_as::<_, SessionStatusRow>(
         "SELECT request_id, language_title, retain, created_at, expires_at,
                 execution_count, last_executed_at
-         FROM sessions WHERE request_id = $1",
+         FROM sessions WHERE request_id = $1 AND owner = $2",
     )
     .bind(id)
+    .bind(&caller.owner)
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;

@@ -3,6 +3,7 @@
 
 #![allow(unreachable_pub)] // test modules share helpers through `pub`
 
+mod auth;
 mod errors;
 mod execution;
 mod functions;

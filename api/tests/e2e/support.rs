@@ -53,6 +53,16 @@ pub struct Options {
     pub reap_interval_seconds: u64,
     /// `REQUEST_LOG_BUFFER`.
     pub request_log_buffer: usize,
+    /// Serve without credentials (`AUTH_DISABLED`); `http` then sends none.
+    pub auth_disabled: bool,
+    /// JWT algorithms accepted (`AUTH_JWT_ALGORITHMS`); empty: HS256 with [`JWT_SECRET`].
+    pub jwt_algorithms: Vec<String>,
+    /// The PEM public key of RS* tokens (`AUTH_JWT_PUBLIC_KEY`).
+    pub jwt_public_key: Option<String>,
+    /// Audiences tokens must name (`AUTH_JWT_AUDIENCE`).
+    pub jwt_audience: Vec<String>,
+    /// How long a looked-up API key is trusted (`AUTH_API_KEY_CACHE_SECONDS`).
+    pub api_key_cache_seconds: u64,
 }
 
 impl Default for Options {
@@ -75,6 +85,11 @@ impl Default for Options {
             session_retention_seconds: 86_400,
             reap_interval_seconds: 60,
             request_log_buffer: 10_000,
+            auth_disabled: false,
+            jwt_algorithms: Vec::new(),
+            jwt_public_key: None,
+            jwt_audience: Vec::new(),
+            api_key_cache_seconds: 10,
         }
     }
 }
@@ -136,6 +151,12 @@ impl Stack {
         config.rate_limit_trust_forwarded_for = options.rate_limit_trust_forwarded_for;
         config.request_log_buffer = options.request_log_buffer;
         let api_config = config.clone();
+        config.auth_disabled = options.auth_disabled;
+        config.auth_jwt_secret = Some(JWT_SECRET.to_owned().into());
+        config.auth_jwt_algorithms = options.jwt_algorithms;
+        config.auth_jwt_public_key = options.jwt_public_key;
+        config.auth_jwt_audience = options.jwt_audience;
+        config.auth_api_key_cache_seconds = options.api_key_cache_seconds;
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
@@ -181,7 +202,10 @@ impl Stack {
 
         let stack = Self {
             base,
-            http: reqwest::Client::new(),
+            http: client(
+                (!options.auth_disabled)
+                    .then(|| self::token(TESTER, &[SCOPE_EXECUTE_ALL, SCOPE_READ_FUNCTIONS])),
+            ),
             worker,
             database_url,
             prefix,
@@ -260,6 +284,11 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An HS256 token for `sub` with `scopes`, valid for an hour.
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        token(sub, scopes)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -392,6 +421,45 @@ impl Stack {
         let _ = js.delete_stream(subjects.jobs_stream()).await;
         let _ = js.delete_stream(subjects.events_stream()).await;
     }
+}
+
+/// The HMAC secret of the stack's tokens.
+pub const JWT_SECRET: &str = "e2e-secret-of-at-least-thirty-two-bytes";
+/// The owner `stack.http` authenticates as.
+pub const TESTER: &str = "tester";
+pub const SCOPE_EXECUTE_ALL: &str = "execute:all";
+pub const SCOPE_READ_FUNCTIONS: &str = "read:functions";
+
+/// A client that sends `Authorization: Bearer <token>` unless a request says otherwise.
+pub fn client(token: Option<String>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().expect("header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// `claims` signed with HS256 and [`JWT_SECRET`].
+pub fn sign(claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).expect("sign")
+}
+
+/// An HS256 token for `sub` with `scopes`, valid for an hour.
+fn token(sub: &str, scopes: &[&str]) -> String {
+    sign(&json!({"sub": sub, "scope": scopes.join(" "), "exp": now() + 3600}))
 }
 
 async fn read(response: reqwest::Response) -> (StatusCode, Value) {
