@@ -1,14 +1,19 @@
 //! Pulls the jobs of one language from JetStream, runs them on that
 //! language's pool and answers them.
 //!
-//! Backpressure: a free instance is reserved before a message is pulled, so
-//! no job waits in this process while its ack timer runs.
+//! Backpressure: about one job per instance is fetched ahead; a fetched job
+//! waits for an instance with its ack timer kept alive, and jobs fetched
+//! ahead go straight back to JetStream when the worker stops.
 
 use crate::{
     cancel::Cancellations,
-    runtime::{Execution, Invocation, Pool, Reservation, RuntimeError},
+    runtime::{Execution, Invocation, Pool, Reservation},
 };
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, PullConsumer},
+    AckKind,
+};
 use futures::StreamExt;
 use schemas::{codec, Job, JobResult, Subjects};
 use std::{
@@ -17,11 +22,13 @@ use std::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// Most jobs pulled in one request.
-const MAX_BATCH: usize = 8;
-/// How long one pull request waits for jobs; also the longest delay before
-/// a cancelled loop notices.
-const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How long one pull request of the stream stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Heartbeats of an open pull request: missing ones reveal a lost request
+/// (a server restart) and the stream asks again.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Pause before opening the pull stream again after it failed.
+const PULL_RETRY: Duration = Duration::from_secs(1);
 /// Ack progress this often, well within the consumer's 30 s `ack_wait`.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Redelivery delay of a job this worker could not run, doubled with each
@@ -72,6 +79,11 @@ pub(crate) struct JobRunner {
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
+///
+/// Jobs come on one long-lived pull stream that keeps about one job per
+/// instance fetched ahead, so a freed instance starts its next job without a
+/// round trip to the server. A job fetched ahead keeps its ack timer alive
+/// (progress) while it waits for an instance.
 pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: CancellationToken) {
     let followed = runner
         .cancels
@@ -82,51 +94,63 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
     }
     let runner = Arc::new(runner);
     let jobs = TaskTracker::new();
-    loop {
-        let reserved = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            reserved = reserve_batch(&runner.pool) => reserved,
-        };
-        let Ok(reserved) = reserved else { break };
-        let batch = consumer
-            .batch()
-            .max_messages(reserved.len())
-            .expires(PULL_WAIT)
+    let prefetch = runner.pool.capacity().max(1);
+    'pull: while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(prefetch)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
+        let mut messages = match messages {
+            Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(error = %e, "pulling jobs; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(PULL_WAIT) => continue,
+                    () = tokio::time::sleep(PULL_RETRY) => continue,
                 }
             }
         };
-        let mut reserved = reserved.into_iter();
-        while let Some(message) = batch.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!(error = %e, "receiving jobs");
-                    break;
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    give_back_fetched(&mut messages).await;
+                    break 'pull;
                 }
+                message = messages.next() => message,
             };
-            match reserved.next() {
-                Some(reservation) => {
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    // Missed heartbeats, a reconnect: the stream asks again.
+                    tracing::debug!(error = %e, "pulling jobs");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                None => continue 'pull,
+            };
+            let reservation = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    settle(&message, Disposition::Retry { after: Duration::ZERO }).await;
+                    give_back_fetched(&mut messages).await;
+                    break 'pull;
+                }
+                reservation = with_progress(&message, runner.pool.reserve()) => reservation,
+            };
+            match reservation {
+                Ok(reservation) => {
                     let runner = Arc::clone(&runner);
                     jobs.spawn(async move { runner.process(message, reservation).await });
                 }
-                None => {
-                    settle(
-                        &message,
-                        Disposition::Retry {
-                            after: Duration::ZERO,
-                        },
-                    )
-                    .await
+                Err(e) => {
+                    tracing::warn!(error = %e, "no instance for a job; it goes back");
+                    settle(&message, Disposition::Retry { after: RETRY_AFTER }).await;
+                    give_back_fetched(&mut messages).await;
+                    break 'pull;
                 }
             }
         }
@@ -140,16 +164,20 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
     }
 }
 
-/// Waits for one free instance, then takes up to [`MAX_BATCH`] that are free.
-async fn reserve_batch(pool: &Pool) -> Result<Vec<Reservation>, RuntimeError> {
-    let mut reserved = vec![pool.reserve().await?];
-    while reserved.len() < MAX_BATCH {
-        match pool.try_reserve() {
-            Some(reservation) => reserved.push(reservation),
-            None => break,
-        }
+/// Hands the jobs fetched ahead back to JetStream at once, so that another
+/// worker takes them without waiting out their ack timers.
+async fn give_back_fetched(messages: &mut pull::Stream) {
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(20), messages.next()).await
+    {
+        settle(
+            &message,
+            Disposition::Retry {
+                after: Duration::ZERO,
+            },
+        )
+        .await;
     }
-    Ok(reserved)
 }
 
 async fn settle(message: &jetstream::Message, disposition: Disposition) {

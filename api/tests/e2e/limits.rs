@@ -127,6 +127,8 @@ async fn an_empty_bucket_answers_429_with_retry_after_and_refills() {
 #[tokio::test]
 async fn anonymous_callers_have_a_bucket_per_client_address() {
     let stack = Stack::start_with(Options {
+        // Callers without credentials.
+        auth_disabled: true,
         rate_limit_anonymous_execute_per_minute: 3,
         ..Options::default()
     })
@@ -169,6 +171,8 @@ async fn anonymous_callers_have_a_bucket_per_client_address() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_callers_are_told_apart_by_x_forwarded_for() {
     let stack = Stack::start_with(Options {
+        // Callers without credentials.
+        auth_disabled: true,
         worker: false,
         rate_limit_functions_per_minute: 2,
         rate_limit_trust_forwarded_for: true,
@@ -195,6 +199,8 @@ async fn behind_a_trusted_proxy_callers_are_told_apart_by_x_forwarded_for() {
 #[tokio::test]
 async fn a_batch_costs_a_token_per_job_and_at_most_a_full_bucket() {
     let stack = Stack::start_with(Options {
+        // Callers without credentials.
+        auth_disabled: true,
         rate_limit_anonymous_execute_per_minute: 5,
         ..Options::default()
     })
@@ -560,5 +566,31 @@ async fn without_redis_limits_and_results_live_in_process() {
     }
     let (status, headers, body) = send(functions()).await;
     assert_limited(status, &headers, &body, 2);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn authenticated_callers_have_a_bucket_per_owner() {
+    let stack = Stack::start_with(Options {
+        worker: false,
+        rate_limit_functions_per_minute: 2,
+        ..Options::default()
+    })
+    .await;
+    let scopes = ["read:functions"];
+    let alice = crate::support::client(Some(stack.token("alice", &scopes)));
+    let alice_again = crate::support::client(Some(stack.token("alice", &scopes)));
+    let bob = crate::support::client(Some(stack.token("bob", &scopes)));
+    let functions = |client: &reqwest::Client| client.get(stack.url("/api/v1/functions"));
+    for _ in 0..2 {
+        let (status, _, body) = send(functions(&alice)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A new token of the same owner shares the owner's bucket.
+    let (status, headers, body) = send(functions(&alice_again)).await;
+    assert_limited(status, &headers, &body, 2);
+    let (status, headers, body) = send(functions(&bob)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(header(&headers, "x-ratelimit-remaining"), Some(1));
     stack.stop().await;
 }

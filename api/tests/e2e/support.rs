@@ -150,13 +150,13 @@ impl Stack {
         config.rate_limit_fail_open = options.rate_limit_fail_open;
         config.rate_limit_trust_forwarded_for = options.rate_limit_trust_forwarded_for;
         config.request_log_buffer = options.request_log_buffer;
-        let api_config = config.clone();
         config.auth_disabled = options.auth_disabled;
         config.auth_jwt_secret = Some(JWT_SECRET.to_owned().into());
         config.auth_jwt_algorithms = options.jwt_algorithms;
         config.auth_jwt_public_key = options.jwt_public_key;
         config.auth_jwt_audience = options.jwt_audience;
         config.auth_api_key_cache_seconds = options.api_key_cache_seconds;
+        let api_config = config.clone();
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
