@@ -140,12 +140,25 @@ impl std::fmt::Display for Lang {
 }
 
 /// The params of request or job number `n` (`b` is always 1), and the result
-/// they must produce. Under `same` every request sends the same params, so a
-/// result cache can answer all but the first.
+/// they must produce. Every run of the load generator sends params of its own
+/// (`run`), so results cached by an earlier run answer nothing. Under `same`
+/// every request of a run sends the same params, so a result cache can answer
+/// all but the first.
 pub fn params(n: u64, same: bool) -> (serde_json::Value, u64) {
     const SAME_A: u64 = 41;
     let a = if same { SAME_A } else { n };
-    (serde_json::json!({ "a": a, "b": 1 }), a + 1)
+    (serde_json::json!({ "a": a, "b": 1, "run": run_id() }), a + 1)
+}
+
+/// This process's run, distinct from every earlier one.
+fn run_id() -> u64 {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+    })
 }
 
 /// Whether a script's result is `expected` (JSON numbers may come back as floats).
@@ -170,7 +183,9 @@ mod tests {
 
     #[test]
     fn params_are_distinct_unless_the_cache_is_measured() {
-        assert_eq!(params(7, false), (json!({"a": 7, "b": 1}), 8));
+        let (seven, expected) = params(7, false);
+        assert_eq!((&seven["a"], &seven["b"], expected), (&json!(7), &json!(1), 8));
+        assert!(seven["run"].as_u64().is_some_and(|run| run > 0));
         assert_ne!(params(7, false).0, params(8, false).0);
         assert_eq!(params(7, true), params(8, true));
     }
