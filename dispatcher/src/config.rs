@@ -76,6 +76,11 @@ pub struct Config {
     /// How long one callback is retried before it is given up.
     #[arg(long, env = "CALLBACK_RETRY_SECONDS", default_value_t = 3600)]
     pub callback_retry_seconds: u64,
+
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
+    /// `127.0.0.1:9091`; unset, they are not served.
+    #[arg(long, env = "DISPATCHER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -9,7 +9,7 @@
 
 mod resolve;
 
-use crate::publish;
+use crate::{metrics::Metrics, publish};
 use async_nats::{jetstream, Message};
 use schemas::{
     codec,
@@ -17,6 +17,7 @@ use schemas::{
     ErrorCode, LanguageTitle, Subjects,
 };
 use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub use resolve::Limits;
@@ -33,6 +34,7 @@ pub struct Submissions {
     pub subjects: Subjects,
     pub limits: Limits,
     pub callback_allow_private: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a submission was refused.
@@ -65,8 +67,12 @@ impl Submissions {
     /// refusal; replies if the message asks for it. Returns the reply.
     pub async fn handle(&self, message: &Message) -> SubmitReply {
         let reply = match self.accept(message).await {
-            Ok((job_id, status)) => SubmitReply::Accepted { job_id, status },
+            Ok((job_id, status)) => {
+                self.metrics.submission(None);
+                SubmitReply::Accepted { job_id, status }
+            }
             Err(refusal) => {
+                self.metrics.submission(Some(refusal.code));
                 self.record_refusal(message, &refusal).await;
                 SubmitReply::Refused {
                     error: SubmitError {

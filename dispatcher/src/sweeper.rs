@@ -8,11 +8,11 @@
 //! While the events stream holds unrecorded events the sweep waits: a job's
 //! result may be among them.
 
-use crate::{dead::DeadLetters, publish};
+use crate::{dead::DeadLetters, metrics::Metrics, publish};
 use async_nats::jetstream::{self, consumer::PullConsumer, stream::LastRawMessageErrorKind};
 use schemas::{codec, streams::Definitions, Job, Subjects};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use uuid::Uuid;
 
 /// Most jobs looked at per sweep.
@@ -34,6 +34,7 @@ pub struct Sweeper {
     pub events: PullConsumer,
     pub dead: DeadLetters,
     pub after: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -101,6 +102,7 @@ impl Sweeper {
         if !lost.is_empty() {
             swept.republished =
                 publish::republish(&self.db, &self.js, &self.subjects, &lost).await?;
+            self.metrics.republished(swept.republished);
             tracing::info!(
                 jobs = swept.republished,
                 "republished jobs whose message was gone"
