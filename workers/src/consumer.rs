@@ -6,6 +6,7 @@
 
 use crate::{
     cancel::Cancellations,
+    metrics::{Kill, Metrics},
     runtime::{Execution, Invocation, Pool, Reservation, RuntimeError},
 };
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
@@ -48,6 +49,15 @@ impl Disposition {
             Self::Term => AckKind::Term,
         }
     }
+
+    /// The kind of acknowledgement, as a metrics label.
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Retry { .. } => "nak",
+            Self::Term => "term",
+        }
+    }
 }
 
 /// Runs jobs of one language and answers them.
@@ -60,6 +70,7 @@ pub(crate) struct JobRunner {
     pub(crate) subjects: Subjects,
     /// Asynchronous jobs running here, and those cancelled before they came.
     pub(crate) cancels: Cancellations,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
@@ -111,13 +122,11 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
                     jobs.spawn(async move { runner.process(message, reservation).await });
                 }
                 None => {
-                    settle(
-                        &message,
-                        Disposition::Retry {
-                            after: Duration::ZERO,
-                        },
-                    )
-                    .await
+                    let disposition = Disposition::Retry {
+                        after: Duration::ZERO,
+                    };
+                    runner.settled(disposition);
+                    settle(&message, disposition).await
                 }
             }
         }
@@ -158,7 +167,13 @@ impl JobRunner {
                 Disposition::Term
             }
         };
+        self.settled(disposition);
         settle(&message, disposition).await;
+    }
+
+    fn settled(&self, disposition: Disposition) {
+        self.metrics
+            .settled(self.pool.language(), disposition.kind());
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %job.job_id))]
@@ -213,13 +228,17 @@ impl JobRunner {
                     Some(running) => tokio::select! {
                         outcome = run => outcome,
                         () = running.cancelled() => {
+                            self.metrics.killed(self.pool.language(), Kill::Cancelled);
                             tracing::debug!("cancelled while running; its instance is replaced");
                             return Disposition::Ack;
                         }
                     },
                 };
                 match outcome {
-                    Ok(execution) => job_result(job.job_id, execution),
+                    Ok(execution) => {
+                        self.metrics.executed(self.pool.language(), &execution);
+                        job_result(job.job_id, execution)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "job not run; it will be retried");
                         return Disposition::Retry { after: RETRY_AFTER };
