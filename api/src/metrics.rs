@@ -243,6 +243,7 @@ impl Default for Metrics {
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     security(()),
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"))

@@ -53,6 +53,7 @@ struct FunctionSummary {
 #[utoipa::path(
     get,
     path = "/api/v1/functions",
+    operation_id = "list_functions",
     tag = "functions",
     summary = "The predefined functions and the caller's registered ones",
     params(ListQuery),
@@ -121,6 +122,7 @@ struct FunctionRow {
 #[utoipa::path(
     get,
     path = "/api/v1/functions/{language_title}",
+    operation_id = "get_function",
     tag = "functions",
     summary = "One function, with its script",
     params(("language_title" = String, Path, example = "nodejs-calculator")),

@@ -58,6 +58,7 @@ pub(super) async fn accept(state: &AppState, job: NewJob) -> ApiResult<Response>
 #[utoipa::path(
     post,
     path = "/api/v1/jobs",
+    operation_id = "submit_job",
     tag = "jobs",
     summary = "Submit one job",
     params(
@@ -162,6 +163,7 @@ async fn submit_batch(
 #[utoipa::path(
     get,
     path = "/api/v1/jobs/{job_id}",
+    operation_id = "get_job",
     tag = "jobs",
     summary = "A job",
     params(("job_id" = String, Path)),
@@ -191,6 +193,7 @@ struct ListQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/jobs",
+    operation_id = "list_jobs",
     tag = "jobs",
     summary = "Jobs, by batch and status",
     params(ListQuery),
@@ -239,6 +242,7 @@ async fn list(
 #[utoipa::path(
     delete,
     path = "/api/v1/jobs/{job_id}",
+    operation_id = "cancel_job",
     tag = "jobs",
     summary = "Cancel a job",
     params(("job_id" = String, Path)),
@@ -281,6 +285,7 @@ async fn cancel(
 #[utoipa::path(
     post,
     path = "/api/v1/jobs/{job_id}/retry",
+    operation_id = "retry_job",
     tag = "jobs",
     summary = "Re-drive a dead job",
     params(("job_id" = String, Path)),

@@ -3,12 +3,14 @@
 
 #![allow(unreachable_pub)] // test modules share helpers through `pub`
 
+mod dashboard;
 mod errors;
 mod execution;
 mod functions;
 mod job_faults;
 mod jobs;
 mod metrics;
+mod openapi;
 mod python;
 mod resilience;
 mod sandbox;
