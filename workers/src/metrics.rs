@@ -84,7 +84,7 @@ impl Metrics {
             stops: r.counter(
                 "worker_runtime_stops_total",
                 "Runtime instances stopped, by language and reason \
-                 (recycled: max uses, replaced: broken or killed, owner, idle)",
+                 (recycled: max uses, replaced: broken or killed, owner, idle, surplus)",
                 &["language", "reason"],
             ),
             synced: Mutex::default(),
@@ -110,7 +110,7 @@ impl Metrics {
             self.acks.with_label_values(&[l, kind]);
         }
         self.starts.with_label_values(&[l]);
-        for reason in ["recycled", "replaced", "owner", "idle"] {
+        for reason in ["recycled", "replaced", "owner", "idle", "surplus"] {
             self.stops.with_label_values(&[l, reason]);
         }
     }
@@ -175,6 +175,7 @@ impl Metrics {
             ("replaced", now.replaced, before.replaced),
             ("owner", now.owner_changed, before.owner_changed),
             ("idle", now.idle, before.idle),
+            ("surplus", now.surplus, before.surplus),
         ] {
             self.stops
                 .with_label_values(&[l, reason])

@@ -370,11 +370,15 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
         sum(&worker, "lambda_worker_runtime_capacity", &[nodejs]),
         Some(2.0)
     );
-    // The killed process is replaced: two prewarmed, one more started.
+    // The killed process is replaced (two prewarmed, at least one more
+    // started), and every instance started is stopped or alive.
     let worker = scrape_until(&stack, &url, "the replacement", |s| {
-        sum(s, "lambda_worker_runtime_starts_total", &[nodejs]) == Some(3.0)
+        let started = sum(s, "lambda_worker_runtime_starts_total", &[nodejs]).unwrap_or(0.0);
+        let stopped = sum(s, "lambda_worker_runtime_stops_total", &[nodejs]).unwrap_or(0.0);
+        started >= 3.0
             && sum(s, "lambda_worker_runtimes", &[nodejs, ("state", "warm")]) == Some(2.0)
             && sum(s, "lambda_worker_runtimes", &[nodejs, ("state", "busy")]) == Some(0.0)
+            && started - stopped == 2.0
     })
     .await;
 

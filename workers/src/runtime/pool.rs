@@ -66,6 +66,9 @@ pub struct PoolStats {
     pub owner_changed: u64,
     /// Stopped after `idle_timeout` without work.
     pub idle: u64,
+    /// Stopped at once when warmed, because the pool already kept as many
+    /// as it has slots (a replacement that lost the race to an on-demand start).
+    pub surplus: u64,
 }
 
 #[derive(Default)]
@@ -75,6 +78,7 @@ struct Counters {
     replaced: AtomicU64,
     owner_changed: AtomicU64,
     idle: AtomicU64,
+    surplus: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -176,6 +180,7 @@ impl Pool {
             replaced: read(&c.replaced),
             owner_changed: read(&c.owner_changed),
             idle: read(&c.idle),
+            surplus: read(&c.surplus),
         }
     }
 
@@ -264,8 +269,12 @@ impl Pool {
     /// already keeps as many as it has slots.
     fn put_back(&self, member: Member) {
         let mut idle = lock(&self.inner.idle);
-        if self.inner.closing.is_cancelled() || idle.len() + self.busy() >= self.capacity() {
+        let closing = self.inner.closing.is_cancelled();
+        if closing || idle.len() + self.busy() >= self.capacity() {
             drop(idle);
+            if !closing {
+                bump(&self.inner.counters.surplus, 1);
+            }
             // Dropping kills the process (`kill_on_drop`).
             drop(self.retire(member));
             return;
