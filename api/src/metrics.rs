@@ -60,11 +60,7 @@ impl Metrics {
                 "HTTP request latency by route template",
                 &["route"],
             ),
-            errors: r.counter(
-                "errors_total",
-                "Error answers by error code",
-                &["code"],
-            ),
+            errors: r.counter("errors_total", "Error answers by error code", &["code"]),
             executions: r.counter(
                 "executions_total",
                 "Executions answered by a worker, by language and outcome (ok or an error code)",

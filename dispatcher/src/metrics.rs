@@ -71,7 +71,9 @@ impl Metrics {
             metrics.redeliveries.with_label_values(&[l]);
             metrics.dead_letters.with_label_values(&[l]);
             for status in JobStatus::ALL.iter().filter(|s| s.is_terminal()) {
-                metrics.jobs_finished.with_label_values(&[l, status.as_str()]);
+                metrics
+                    .jobs_finished
+                    .with_label_values(&[l, status.as_str()]);
             }
         }
         for outcome in ["delivered", "failed"] {
@@ -109,7 +111,9 @@ impl Metrics {
 
     /// Counts a job started again on delivery number two or later.
     pub fn redelivered(&self, language: &str) {
-        let language = language.parse::<Language>().map_or("unknown", Language::as_str);
+        let language = language
+            .parse::<Language>()
+            .map_or("unknown", Language::as_str);
         self.redeliveries.with_label_values(&[language]).inc();
     }
 
@@ -169,7 +173,11 @@ mod tests {
             language_title: "python-textprocessor".into(),
             record: json!({"status": status}),
         };
-        metrics.finished(&[finished("succeeded"), finished("succeeded"), finished("dead")]);
+        metrics.finished(&[
+            finished("succeeded"),
+            finished("succeeded"),
+            finished("dead"),
+        ]);
         metrics.buried(&[finished("dead")]);
         let text = metrics.render();
         assert!(
@@ -177,6 +185,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"lambda_dead_letters_total{language="python"} 1"#));
-        assert!(!text.contains("textprocessor"), "no title in labels: {text}");
+        assert!(
+            !text.contains("textprocessor"),
+            "no title in labels: {text}"
+        );
     }
 }

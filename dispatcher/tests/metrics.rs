@@ -150,9 +150,15 @@ async fn metrics_count_terminal_jobs_retries_dead_letters_callbacks_and_submissi
         (redelivered, 1.0),
         ("lambda_jobs_republished_total".into(), 1.0),
         (r#"lambda_callbacks_total{outcome="failed"}"#.into(), 0.0),
-        (r#"lambda_callback_attempts_total{result="error"}"#.into(), 1.0),
+        (
+            r#"lambda_callback_attempts_total{result="error"}"#.into(),
+            1.0,
+        ),
         (r#"lambda_callback_attempts_total{result="ok"}"#.into(), 1.0),
-        (r#"lambda_submissions_total{outcome="accepted"}"#.into(), 1.0),
+        (
+            r#"lambda_submissions_total{outcome="accepted"}"#.into(),
+            1.0,
+        ),
         (
             r#"lambda_submissions_total{outcome="INVALID_REQUEST"}"#.into(),
             1.0,

@@ -140,7 +140,9 @@ impl Metrics {
 
     /// Counts a settled job message: `ack`, `nak` or `term`.
     pub fn settled(&self, language: Language, kind: &'static str) {
-        self.acks.with_label_values(&[language.as_str(), kind]).inc();
+        self.acks
+            .with_label_values(&[language.as_str(), kind])
+            .inc();
     }
 
     /// The text exposition, with the pools as they are now.

@@ -129,9 +129,15 @@ async fn metrics_count_executions_kills_acks_and_pool_instances() {
     }
 
     let expected = [
-        (series("lambda_worker_executions_total", r#",outcome="ok""#), 2.0),
         (
-            series("lambda_worker_executions_total", r#",outcome="RUNTIME_ERROR""#),
+            series("lambda_worker_executions_total", r#",outcome="ok""#),
+            2.0,
+        ),
+        (
+            series(
+                "lambda_worker_executions_total",
+                r#",outcome="RUNTIME_ERROR""#,
+            ),
             1.0,
         ),
         (
@@ -185,7 +191,10 @@ async fn metrics_count_executions_kills_acks_and_pool_instances() {
     assert!(!text.contains(&worker_id), "no worker id in labels");
     assert!(!text.contains("metered"), "no Language-Title in labels");
     for job in &jobs {
-        assert!(!text.contains(&job.job_id.to_string()), "no job id in labels");
+        assert!(
+            !text.contains(&job.job_id.to_string()),
+            "no job id in labels"
+        );
     }
 
     shutdown.cancel();

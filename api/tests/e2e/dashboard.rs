@@ -79,12 +79,17 @@ fn every_panel_uses_the_provisioned_datasource() {
         std::fs::read_to_string(root.join("grafana/provisioning/datasources/prometheus.yml"))
             .unwrap();
     assert!(datasources.contains("uid: prometheus"));
-    let dashboard: Value =
-        serde_json::from_slice(&std::fs::read(root.join("grafana/dashboards/lambda.json")).unwrap())
-            .unwrap();
+    let dashboard: Value = serde_json::from_slice(
+        &std::fs::read(root.join("grafana/dashboards/lambda.json")).unwrap(),
+    )
+    .unwrap();
     for panel in dashboard["panels"].as_array().unwrap() {
         if panel["type"] != "row" {
-            assert_eq!(panel["datasource"]["uid"], "prometheus", "{}", panel["title"]);
+            assert_eq!(
+                panel["datasource"]["uid"], "prometheus",
+                "{}",
+                panel["title"]
+            );
         }
     }
     let provider =

@@ -128,7 +128,10 @@ struct Sample {
 /// Parses the text exposition format (comments skipped).
 fn parse(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let name_end = line.find(['{', ' ']).expect("a sample line");
         let name = line[..name_end].to_owned();
         let mut labels = BTreeMap::new();
@@ -223,7 +226,11 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
         .session("nodejs-thrower", "throw new Error('x');")
         .await;
     let (s, body) = stack
-        .initialize("nodejs-spinner", "while (true) {}", json!({"timeout_ms": 300}))
+        .initialize(
+            "nodejs-spinner",
+            "while (true) {}",
+            json!({"timeout_ms": 300}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let spinner = body["request_id"].as_str().unwrap().to_owned();
@@ -255,7 +262,9 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
     }
 
     // Straight onto NATS: one accepted (and run), one refused.
-    let nats = async_nats::connect(crate::support::nats_url()).await.unwrap();
+    let nats = async_nats::connect(crate::support::nats_url())
+        .await
+        .unwrap();
     let subject = format!("{}.submit.nodejs-calculator", stack.prefix);
     let payload = json!({"params": {"operation": "add", "values": [5, 3]}}).to_string();
     let reply = nats.request(subject.clone(), payload.into()).await.unwrap();
@@ -273,10 +282,7 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
         ("route", "/api/v1/execute/{request_id}"),
         ("method", "POST"),
     ];
-    assert_eq!(
-        sum(&api, "lambda_http_requests_total", &execute),
-        Some(4.0)
-    );
+    assert_eq!(sum(&api, "lambda_http_requests_total", &execute), Some(4.0));
     for code in ["RUNTIME_ERROR", "TIMEOUT"] {
         assert_eq!(
             sum(&api, "lambda_errors_total", &[("code", code)]),
@@ -310,13 +316,25 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
     // The dispatcher: terminal jobs by status, submissions.
     let nodejs = ("language", "nodejs");
     let dispatcher = scrape_until(&stack, &stack.dispatcher_metrics, "finished jobs", |s| {
-        sum(s, "lambda_jobs_finished_total", &[nodejs, ("status", "succeeded")]) == Some(2.0)
-            && sum(s, "lambda_jobs_finished_total", &[nodejs, ("status", "failed")]) == Some(1.0)
+        sum(
+            s,
+            "lambda_jobs_finished_total",
+            &[nodejs, ("status", "succeeded")],
+        ) == Some(2.0)
+            && sum(
+                s,
+                "lambda_jobs_finished_total",
+                &[nodejs, ("status", "failed")],
+            ) == Some(1.0)
     })
     .await;
     for (outcome, n) in [("accepted", 1.0), ("INVALID_REQUEST", 1.0)] {
         assert_eq!(
-            sum(&dispatcher, "lambda_submissions_total", &[("outcome", outcome)]),
+            sum(
+                &dispatcher,
+                "lambda_submissions_total",
+                &[("outcome", outcome)]
+            ),
             Some(n),
             "{outcome}"
         );
@@ -329,7 +347,11 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
     // The worker: 4 + 3 scripts run, one killed for its timeout, 7 acks.
     let url = stack.worker_metrics.clone().expect("a worker");
     let worker = scrape_until(&stack, &url, "worker counts", |s| {
-        sum(s, "lambda_worker_job_acks_total", &[nodejs, ("kind", "ack")]) == Some(7.0)
+        sum(
+            s,
+            "lambda_worker_job_acks_total",
+            &[nodejs, ("kind", "ack")],
+        ) == Some(7.0)
     })
     .await;
     let executions = |outcome| {
@@ -397,7 +419,8 @@ async fn every_process_exports_its_series_after_real_work_with_bounded_labels() 
     for sample in api.iter().chain(&dispatcher).chain(&worker) {
         for (label, value) in &sample.labels {
             assert!(
-                value.parse::<Uuid>().is_err() && !secrets.iter().any(|s| value.contains(s.as_str())),
+                value.parse::<Uuid>().is_err()
+                    && !secrets.iter().any(|s| value.contains(s.as_str())),
                 "unbounded label {label}={value} on {}",
                 sample.name
             );
