@@ -15,6 +15,15 @@ export CALLBACK_ALLOW_PRIVATE="${CALLBACK_ALLOW_PRIVATE:-true}"
 # Each process serves its own Prometheus metrics (the API on BIND_ADDR).
 export DISPATCHER_METRICS_ADDR="${DISPATCHER_METRICS_ADDR:-127.0.0.1:9091}"
 export WORKER_METRICS_ADDR="${WORKER_METRICS_ADDR:-127.0.0.1:9092}"
+# Local development: every caller here is anonymous and would be held to the
+# anonymous limit (10 executes a minute); the quick start and the load
+# generator need more. RATE_LIMIT_DISABLED=false turns the limits on.
+export RATE_LIMIT_DISABLED="${RATE_LIMIT_DISABLED:-true}"
+if [ "$RATE_LIMIT_DISABLED" = "true" ]; then
+  log "rate limits are OFF for this local start (RATE_LIMIT_DISABLED=false turns them on)"
+fi
+# Local development: authentication is off unless asked for (AUTH_DISABLED=false).
+export AUTH_DISABLED="${AUTH_DISABLED:-true}"
 
 ensure_services
 ensure_database "$DATABASE_URL"
@@ -44,6 +53,9 @@ for _ in $(seq 1 300); do
   done
   if curl -fsS "$url/health" 2>/dev/null | grep -q '"nodejs":{[^}]*"status":"ok"'; then
     log "ready at $url (logs in $RUN_DIR/logs/; Ctrl-C stops)"
+    if [ "$AUTH_DISABLED" = "true" ]; then
+      log "WARNING: AUTH_DISABLED=true: AUTHENTICATION IS OFF. Anyone who reaches $url runs code as the anonymous caller. For real use: AUTH_DISABLED=false AUTH_JWT_SECRET=... (see README, Authentication)."
+    fi
     wait -n "${pids[@]}" || true
     die "a service exited; see $RUN_DIR/logs/"
   fi

@@ -55,6 +55,7 @@ impl ApiError {
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         let err = err.into();
         tracing::error!(error = format!("{err:#}"), "internal error");
+        crate::request_log::note_failure(format_args!("{err:#}"));
         Self::new(ErrorCode::InternalError, "internal error")
     }
 }

@@ -1,6 +1,7 @@
 //! Execution counts of sessions, kept off the request path: `execute` records
 //! in memory, a background task adds the counts to PostgreSQL in one
 //! statement per tick, and keeps them for the next tick when the database is away.
+//! Retained sessions' new expiry times travel the same way.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -21,6 +22,8 @@ type Unwritten = HashMap<Uuid, (i64, DateTime<Utc>)>;
 #[derive(Clone, Default)]
 pub struct ExecutionCounts {
     unwritten: Arc<Mutex<Unwritten>>,
+    /// Retained sessions' expiry times not yet written.
+    extended: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
 }
 
 impl ExecutionCounts {
@@ -39,6 +42,18 @@ impl ExecutionCounts {
             .expect("counts lock")
             .get(&id)
             .copied()
+    }
+
+    /// Moves the expiry of retained session `id` to `until` (never backwards).
+    pub fn extend(&self, id: Uuid, until: DateTime<Utc>) {
+        let mut extended = self.extended.lock().expect("expiry lock");
+        let entry = extended.entry(id).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// The expiry this process gave `id` that PostgreSQL does not show yet.
+    pub fn extended_until(&self, id: Uuid) -> Option<DateTime<Utc>> {
+        self.extended.lock().expect("expiry lock").get(&id).copied()
     }
 
     /// Writes the counts every tick until `shutdown`, then once more.
@@ -64,6 +79,11 @@ impl ExecutionCounts {
     /// Adds the unwritten counts to PostgreSQL. They stay counted here until
     /// the update has committed, so a reader never sees fewer than happened.
     pub async fn write(&self, db: &PgPool) -> Result<(), sqlx::Error> {
+        self.write_counts(db).await?;
+        self.write_expiries(db).await
+    }
+
+    async fn write_counts(&self, db: &PgPool) -> Result<(), sqlx::Error> {
         let snapshot: Vec<(Uuid, i64, DateTime<Utc>)> = {
             let unwritten = self.unwritten.lock().expect("counts lock");
             unwritten
@@ -96,6 +116,36 @@ impl ExecutionCounts {
                 if entry.0 <= 0 {
                     unwritten.remove(&id);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves retained sessions' expiry forward, in one statement; what was
+    /// written is forgotten unless a later extension came in meanwhile.
+    async fn write_expiries(&self, db: &PgPool) -> Result<(), sqlx::Error> {
+        let snapshot: Vec<(Uuid, DateTime<Utc>)> = {
+            let extended = self.extended.lock().expect("expiry lock");
+            extended.iter().map(|(id, at)| (*id, *at)).collect()
+        };
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = snapshot.iter().map(|s| s.0).collect();
+        let untils: Vec<DateTime<Utc>> = snapshot.iter().map(|s| s.1).collect();
+        sqlx::query(
+            "UPDATE sessions s SET expires_at = GREATEST(s.expires_at, d.until)
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS d(id, until)
+             WHERE s.request_id = d.id AND s.retain",
+        )
+        .bind(&ids)
+        .bind(&untils)
+        .execute(db)
+        .await?;
+        let mut extended = self.extended.lock().expect("expiry lock");
+        for (id, until) in snapshot {
+            if extended.get(&id).is_some_and(|now| *now <= until) {
+                extended.remove(&id);
             }
         }
         Ok(())

@@ -14,6 +14,9 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`jobs`]: asynchronous jobs, committed to PostgreSQL before `202` and then published.
 //! - [`executions`]: execution counts, written to PostgreSQL off the request path.
+//! - [`ratelimit`]: token buckets per caller and route class, in Redis.
+//! - [`result_cache`]: synchronous results by script, params and context.
+//! - [`request_log`]: request and error logs, written to PostgreSQL off the request path.
 
 pub mod auth;
 pub mod cache;
@@ -25,6 +28,9 @@ pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod queue;
+pub mod ratelimit;
+pub mod request_log;
+pub mod result_cache;
 pub mod routes;
 pub mod runtimes;
 pub mod session;
@@ -43,7 +49,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// The owner of everything until callers authenticate.
+/// The owner of everything when authentication is disabled (`AUTH_DISABLED`).
 pub const OWNER_ANONYMOUS: &str = "anonymous";
 
 /// What every handler shares; cheap to clone.
@@ -59,6 +65,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The NATS connection, for publishing asynchronous jobs and cancellations.
     pub nats: async_nats::Client,
+    /// The rate limits and this process's buckets.
+    pub rate_limits: Arc<ratelimit::RateLimiter>,
+    /// Where requests are logged.
+    pub request_log: request_log::RequestLog,
+    /// Checks the credentials of every `/api/v1` request.
+    pub auth: Arc<auth::Authenticator>,
 }
 
 /// A built API, listening but not yet serving.
@@ -82,7 +94,12 @@ impl App {
             .name("lambda-api")
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
         let subjects = Subjects::new(&config.nats_prefix);
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
@@ -93,9 +110,22 @@ impl App {
         executions.spawn_writer(db.clone(), &tracker, background.clone());
         let metrics = Arc::new(Metrics::new());
         metrics.spawn_refresher(db.clone(), queue.clone(), &tracker, background.clone());
+        let request_log = if config.request_log_enabled {
+            request_log::RequestLog::start(
+                db.clone(),
+                config.request_log_buffer,
+                metrics.clone(),
+                &tracker,
+                background.clone(),
+            )
+        } else {
+            request_log::RequestLog::disabled(metrics.clone())
+        };
+        let auth = Arc::new(auth::Authenticator::from_config(&config, db.clone())?);
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
+        let rate_limits = Arc::new(ratelimit::RateLimiter::new(&config));
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -106,6 +136,9 @@ impl App {
             subjects,
             metrics,
             nats,
+            rate_limits,
+            request_log,
+            auth,
         };
         Ok(Self {
             listener,
@@ -124,7 +157,10 @@ impl App {
     /// what is still buffered.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "api listening");
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         self.background.cancel();

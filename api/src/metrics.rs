@@ -44,6 +44,7 @@ pub struct Metrics {
     runtime_capacity: IntGaugeVec,
     runtime_busy: IntGaugeVec,
     cache_lookups: IntCounterVec,
+    request_logs_dropped: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -112,6 +113,10 @@ impl Metrics {
                 "Cache lookups by cache and result (hit or miss)",
                 &["cache", "result"],
             ),
+            request_logs_dropped: r.single_counter(
+                "request_logs_dropped_total",
+                "Request log entries dropped: buffer full while PostgreSQL was away, or refused",
+            ),
             registrar: r,
         };
         for status in [JobStatus::Queued, JobStatus::Running] {
@@ -170,11 +175,10 @@ impl Metrics {
     }
 
     async fn refresh(&self, db: &PgPool, queue: &Queue) {
-        let active = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM sessions WHERE retain OR expires_at > now()",
-        )
-        .fetch_one(db)
-        .await;
+        let active =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sessions WHERE expires_at > now()")
+                .fetch_one(db)
+                .await;
         match active {
             Ok(n) => self.active_sessions.set(n),
             Err(err) => tracing::debug!(error = %err, "active sessions not counted"),
@@ -226,6 +230,11 @@ impl Metrics {
                 .set(i64::from(summary.busy));
         }
         encode(self.registrar.registry())
+    }
+
+    /// Counts request log entries that will never be written.
+    pub fn request_logs_dropped(&self, n: u64) {
+        self.request_logs_dropped.inc_by(n);
     }
 }
 

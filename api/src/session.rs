@@ -1,5 +1,11 @@
 //! Sessions: a script, its context and its limits, created by `initialize` and
 //! run by `execute`. Stored in PostgreSQL, read through the cache.
+//!
+//! A session expires at `expires_at`; a retained one (`retain_session`) has
+//! it moved to `SESSION_EXPIRY_SECONDS` after its latest use, recorded in
+//! memory and written in batches ([`crate::executions`]). A cached copy
+//! never outlives the session: its entry expires with it, and a copy that
+//! looks expired is checked against PostgreSQL before the answer is 404.
 
 use crate::{cache::Cache, error::ApiError, metrics::Metrics};
 use chrono::{DateTime, Utc};
@@ -28,7 +34,7 @@ pub struct Session {
 impl Session {
     /// Whether the session can still be executed.
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.retain || self.expires_at > now
+        self.expires_at > now
     }
 }
 
@@ -36,24 +42,38 @@ fn cache_key(prefix: &str, id: Uuid) -> String {
     format!("{prefix}:session:{id}")
 }
 
-/// Loads a session that can still be executed: 404 when it is unknown or
-/// has expired. `raw` is the id as the caller wrote it, for the message.
+/// Loads a session of `owner` that can still be executed: 404 when it is
+/// unknown, another owner's (whose sessions are not even said to exist) or
+/// has expired. `raw` is the id as the caller wrote it, for the message. A
+/// retained session's expiry moves forward.
 pub async fn load_active(
     state: &crate::AppState,
+    owner: &str,
     id: Uuid,
     raw: &str,
 ) -> Result<Session, ApiError> {
-    let session = load(
-        &state.db,
-        &state.cache,
-        &state.metrics,
-        state.subjects.prefix(),
-        id,
-    )
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("session {raw} not found")))?;
-    if !session.is_active(chrono::Utc::now()) {
-        return Err(ApiError::not_found(format!("session {raw} has expired")));
+    let prefix = state.subjects.prefix();
+    let not_found = || ApiError::not_found(format!("session {raw} not found"));
+    let mut session = load(&state.db, &state.cache, &state.metrics, prefix, id)
+        .await?
+        .filter(|s| s.owner == owner)
+        .ok_or_else(not_found)?;
+    let now = Utc::now();
+    if let Some(until) = state.executions.extended_until(id) {
+        session.expires_at = session.expires_at.max(until);
+    }
+    if !session.is_active(now) {
+        // The cached copy may predate an extension written by another process.
+        session = select(&state.db, id).await?.ok_or_else(not_found)?;
+        if !session.is_active(now) {
+            return Err(ApiError::not_found(format!("session {raw} has expired")));
+        }
+        remember(&state.cache, prefix, &session).await;
+    }
+    if session.retain {
+        let until = now + chrono::Duration::seconds(state.config.session_expiry_seconds as i64);
+        state.executions.extend(id, until);
+        session.expires_at = session.expires_at.max(until);
     }
     Ok(session)
 }

@@ -9,11 +9,17 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/lambda"
     )]
     pub database_url: String,
 
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// Prefix of every NATS subject and stream of this deployment.
@@ -25,7 +31,8 @@ pub struct Config {
     #[arg(long, env = "SESSION_RETENTION_SECONDS", default_value_t = 86_400)]
     pub session_retention_seconds: u64,
 
-    /// How often expired sessions are looked for.
+    /// How often expired sessions, unused scripts and old request logs are
+    /// looked for.
     #[arg(long, env = "REAP_INTERVAL_SECONDS", default_value_t = 60)]
     pub reap_interval_seconds: u64,
 
@@ -81,6 +88,9 @@ pub struct Config {
     /// `127.0.0.1:9091`; unset, they are not served.
     #[arg(long, env = "DISPATCHER_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Days request and error logs are kept; older rows are deleted.
+    #[arg(long, env = "REQUEST_LOG_RETENTION_DAYS", default_value_t = 7)]
+    pub request_log_retention_days: u64,
 }
 
 impl Config {

@@ -19,6 +19,8 @@ use uuid::Uuid;
 
 /// When events that could not be recorded are delivered again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long past its own expiry a pull may wait for the server's answer.
+const PULL_GRACE: Duration = Duration::from_secs(2);
 
 /// Records job events; drive it with [`EventRecorder::process_next`].
 pub struct EventRecorder {
@@ -92,24 +94,32 @@ impl EventRecorder {
 
     /// Up to `max` events: those there now, or (with `wait`) as many as
     /// arrive within it.
+    ///
+    /// A pull whose answer never comes (the server restarted between the
+    /// request and its reply) ends at a deadline with what it got: a `fetch`
+    /// has no expiry of its own and would otherwise wait forever.
     async fn pull(
         &self,
         max: usize,
         wait: Option<Duration>,
     ) -> anyhow::Result<Vec<jetstream::Message>> {
-        let mut messages = match wait {
-            None => self.consumer.fetch().max_messages(max).messages().await?,
+        let deadline = tokio::time::Instant::now() + wait.unwrap_or_default() + PULL_GRACE;
+        let messages = match wait {
+            None => {
+                let fetch = self.consumer.fetch().max_messages(max).messages();
+                tokio::time::timeout_at(deadline, fetch).await
+            }
             Some(wait) => {
-                self.consumer
-                    .batch()
-                    .max_messages(max)
-                    .expires(wait)
-                    .messages()
-                    .await?
+                let batch = self.consumer.batch().max_messages(max).expires(wait);
+                tokio::time::timeout_at(deadline, batch.messages()).await
             }
         };
+        let Ok(messages) = messages else {
+            return Ok(Vec::new());
+        };
+        let mut messages = messages?;
         let mut batch = Vec::new();
-        while let Some(message) = messages.next().await {
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.next()).await {
             batch.push(message.map_err(|e| anyhow::anyhow!(e))?);
         }
         Ok(batch)

@@ -9,7 +9,8 @@
 //! - [`dead`]: follows JetStream's max-deliveries advisories: those jobs are `dead`.
 //! - [`callbacks`]: POSTs terminal records to callback URLs, signed, with retries.
 //! - [`submit`]: jobs producers publish straight onto `<prefix>.submit.<language_title>`.
-//! - [`reaper`]: removes sessions that expired longer ago than the retention.
+//! - [`reaper`]: removes sessions that expired longer ago than the retention,
+//!   the scripts nothing refers to any more, and request logs past their retention.
 //! - [`metrics`]: Prometheus series of all of the above, served at `/metrics`
 //!   on `DISPATCHER_METRICS_ADDR`.
 //!
@@ -43,6 +44,8 @@ use submit::Submissions;
 use sweeper::Sweeper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// Messages a subscription of this process holds before NATS counts it slow.
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
 /// A connected dispatcher.
 pub struct App {
     config: Config,
@@ -70,9 +73,17 @@ impl App {
             .context("applying migrations")?;
         let client = async_nats::ConnectOptions::new()
             .name("lambda-dispatcher")
+            // Direct submissions arrive in bursts on a core subscription: they
+            // wait here, bounded, rather than being dropped as a slow consumer.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&config.nats_prefix);
         schemas::jetstream::ensure_jobs_stream(&js, &subjects).await?;
@@ -145,6 +156,7 @@ impl App {
             dead: self.dead_letters(),
             after: Duration::from_secs(self.config.sweep_after_seconds),
             metrics: Arc::clone(&self.metrics),
+            deferred_since: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod resolve;
 
 use crate::{metrics::Metrics, publish};
 use async_nats::{jetstream, Message};
+use backoff::{future::retry, ExponentialBackoffBuilder};
 use schemas::{
     codec,
     submit::{SubmitError, SubmitReply, SubmitRequest, MSGPACK_CONTENT_TYPE},
@@ -18,12 +19,16 @@ use schemas::{
 };
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 pub use resolve::Limits;
 
 /// Queue group of the dispatchers' submit subscription.
 pub const QUEUE_GROUP: &str = "dispatchers";
+
+/// How long a submission waits for PostgreSQL before it is refused.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Handles direct submissions; drive it with [`Submissions::handle`].
 #[derive(Clone)]
@@ -66,7 +71,7 @@ impl Submissions {
     /// Handles one submission: stores and publishes the job, or records the
     /// refusal; replies if the message asks for it. Returns the reply.
     pub async fn handle(&self, message: &Message) -> SubmitReply {
-        let reply = match self.accept(message).await {
+        let reply = match self.accept_patiently(message).await {
             Ok((job_id, status)) => {
                 self.metrics.submission(None);
                 SubmitReply::Accepted { job_id, status }
@@ -89,6 +94,27 @@ impl Submissions {
             }
         }
         reply
+    }
+
+    /// Accepts the submission, trying again while PostgreSQL is unavailable
+    /// (for up to [`STORE_PATIENCE`]): a submission is refused for what it
+    /// is, not lost to a passing outage.
+    async fn accept_patiently(&self, message: &Message) -> Result<(Uuid, String), Refusal> {
+        let policy = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(100))
+            .with_max_interval(Duration::from_secs(2))
+            .with_max_elapsed_time(Some(STORE_PATIENCE))
+            .build();
+        retry(policy, || async {
+            self.accept(message).await.map_err(|refusal| {
+                if refusal.code == ErrorCode::Unavailable {
+                    backoff::Error::transient(refusal)
+                } else {
+                    backoff::Error::permanent(refusal)
+                }
+            })
+        })
+        .await
     }
 
     async fn accept(&self, message: &Message) -> Result<(Uuid, String), Refusal> {

@@ -7,11 +7,15 @@ use crate::{
 };
 use futures::StreamExt;
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long one pull for events waits.
 const EVENTS_WAIT: Duration = Duration::from_millis(500);
+/// Most direct submissions being stored at once: about the database pool's
+/// size, so that none waits out its connection timeout.
+const MAX_SUBMISSIONS: usize = 8;
 /// Most callbacks being delivered at once.
 const MAX_DELIVERIES: usize = 256;
 
@@ -70,13 +74,23 @@ pub(crate) async fn serve_submissions(
     shutdown: CancellationToken,
 ) {
     let running = TaskTracker::new();
+    // Bounded: beyond it, submissions wait in the subscription's buffer
+    // instead of piling up on the database pool.
+    let permits = Arc::new(Semaphore::new(MAX_SUBMISSIONS));
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             message = messages.next() => match message { Some(m) => m, None => break },
         };
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+        };
         let submissions = submissions.clone();
-        running.spawn(async move { submissions.handle(&message).await });
+        running.spawn(async move {
+            submissions.handle(&message).await;
+            drop(permit);
+        });
     }
     running.close();
     running.wait().await;
@@ -117,17 +131,27 @@ pub(crate) async fn deliver_callbacks(callbacks: Callbacks, shutdown: Cancellati
 }
 
 pub(crate) async fn reap(db: PgPool, config: Config, shutdown: CancellationToken) {
-    let retention = Duration::from_secs(config.session_retention_seconds);
+    let sessions = Duration::from_secs(config.session_retention_seconds);
+    let logs = Duration::from_secs(config.request_log_retention_days.saturating_mul(86_400));
     let mut tick = tokio::time::interval(Duration::from_secs(config.reap_interval_seconds.max(1)));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        match reaper::reap_expired_sessions(&db, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "removed expired sessions"),
-            Err(err) => tracing::warn!(error = %err, "session reaping failed; will retry"),
+        match reaper::reap_once(&db, sessions, logs).await {
+            Ok(reaper::Reaped {
+                sessions: 0,
+                scripts: 0,
+                request_logs: 0,
+            }) => {}
+            Ok(reaped) => tracing::info!(
+                sessions = reaped.sessions,
+                scripts = reaped.scripts,
+                request_logs = reaped.request_logs,
+                "removed expired sessions, unused scripts and old request logs"
+            ),
+            Err(err) => tracing::warn!(error = %err, "clean-up failed; will retry"),
         }
     }
 }

@@ -134,3 +134,63 @@ async fn events_wait_out_a_postgresql_outage() {
     running.await.unwrap().unwrap();
     h.stop().await;
 }
+
+#[tokio::test]
+async fn fire_and_forget_submissions_wait_out_a_postgresql_outage() {
+    let pg = PrivatePostgres::start().await;
+    let h = Harness::on(support::nats_url(), pg.admin_url()).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(h.app().await.run(shutdown.clone()));
+    support::eventually(
+        "the dispatcher to subscribe",
+        Duration::from_secs(10),
+        || async {
+            h.client
+                .request(h.subjects.submit("nodejs-x"), "{".into())
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    // A burst published without a reply subject, half of it while
+    // PostgreSQL is down: nobody could be told to submit again.
+    let publish = |from: i64, to: i64| {
+        let h = &h;
+        async move {
+            for n in from..to {
+                let body = serde_json::json!({"params": {"n": n}}).to_string();
+                h.client
+                    .publish(h.subjects.submit(support::TITLE), body.into())
+                    .await
+                    .unwrap();
+            }
+            h.client.flush().await.unwrap();
+        }
+    };
+    publish(0, 500).await;
+    pg.pause();
+    publish(500, 1000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.resume().await;
+    support::eventually(
+        "every submission stored",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(DISTINCT params->>'n') FROM jobs")
+                .fetch_one(&h.db)
+                .await
+                .is_ok_and(|n| n == 1000)
+        },
+    )
+    .await;
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rejected_submissions WHERE subject LIKE '%nodejs-double'",
+    )
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(refused, 0, "none was refused for the outage");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    h.stop().await;
+}

@@ -133,6 +133,29 @@ async fn the_sweeper_republishes_lost_jobs_once_and_buries_exhausted_ones() {
 }
 
 #[tokio::test]
+async fn events_that_keep_coming_delay_a_sweep_but_do_not_stop_it() {
+    let h = Harness::new().await;
+    let app = h.app().await;
+    let mut sweeper = app.sweeper();
+    sweeper.after = Duration::from_secs(1);
+    h.insert_job(1).await;
+    // An event nobody has recorded yet: the lost job's result could be it.
+    h.report(uuid::Uuid::now_v7(), 1, None).await;
+    let swept = sweeper.sweep_once().await.unwrap();
+    assert_eq!(
+        swept.republished, 0,
+        "waits for the events first: {swept:?}"
+    );
+    assert_eq!(h.jobs_in_stream().await, 0);
+    // The events are still there a sweep interval later: it sweeps anyway.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let swept = sweeper.sweep_once().await.unwrap();
+    assert_eq!(swept.republished, 1, "{swept:?}");
+    assert_eq!(h.jobs_in_stream().await, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_max_deliveries_advisory_makes_the_job_dead() {
     let h = Harness::new().await;
     let app = h.app().await;

@@ -2,24 +2,19 @@
 //! request after another until the phase ends, while a ticker prints progress.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use reqwest::header::{HeaderMap, HeaderValue};
 use tokio::task::JoinSet;
 
 use crate::duration::parse_duration;
-use crate::report::{ErrorKind, Recorder};
+use crate::report::{Answer, ErrorKind, Recorder};
 
-/// Options every flow shares.
+/// Options of the closed-loop flows.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// Base URL of the API.
-    #[arg(long, env = "LOADTEST_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
     /// Requests in flight at once (one worker task each).
     #[arg(long, env = "LOADTEST_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -30,42 +25,6 @@ pub struct LoadArgs {
     /// Load to run first, unrecorded, so connections and runtimes are warm.
     #[arg(long, env = "LOADTEST_WARMUP", default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Also write the summary as JSON to this file.
-    #[arg(long, env = "LOADTEST_JSON")]
-    pub json: Option<PathBuf>,
-    /// Give up on one request after this long (counted as a `timeout` error).
-    #[arg(long, env = "LOADTEST_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-    /// Sent as `X-API-Key` when the API has auth on.
-    #[arg(long, env = "LOADTEST_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-}
-
-impl LoadArgs {
-    /// `url` joined with an absolute path such as `/api/v1/initialize`.
-    pub fn endpoint(&self, path: &str) -> String {
-        format!("{}{path}", self.url.trim_end_matches('/'))
-    }
-
-    /// One HTTP/1.1 keep-alive client whose idle pool holds a connection per worker.
-    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = &self.api_key {
-            let mut value =
-                HeaderValue::from_str(key).context("--api-key is not a valid header")?;
-            value.set_sensitive(true);
-            headers.insert("x-api-key", value);
-        }
-        reqwest::Client::builder()
-            .http1_only()
-            .pool_max_idle_per_host(usize::from(self.concurrency))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .timeout(self.request_timeout)
-            .default_headers(headers)
-            .build()
-            .context("building the HTTP client")
-    }
 }
 
 /// What one phase measured.
@@ -92,7 +51,7 @@ pub async fn run_phase<F, Fut>(
 ) -> anyhow::Result<Phase>
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), ErrorKind>> + Send,
+    Fut: Future<Output = Result<Answer, ErrorKind>> + Send,
 {
     let op = Arc::new(op);
     let stop = Arc::new(AtomicBool::new(false));
@@ -190,7 +149,7 @@ mod tests {
                     if n % 10 == 0 {
                         Err(ErrorKind::WrongResult)
                     } else {
-                        Ok(())
+                        Ok(Answer::default())
                     }
                 }
             },

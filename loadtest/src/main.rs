@@ -1,28 +1,15 @@
-//! `loadtest`: drives one of lambda-microservice's user flows at a fixed
-//! concurrency for a fixed time and reports throughput, latency and errors.
+//! `loadtest`: drives one of lambda-microservice's user flows and reports
+//! throughput, latency percentiles and errors.
 //!
-//! `cargo run -p loadtest --release -- sync --lang nodejs --concurrency 64 --duration 30s`
+//! ```text
+//! cargo run -p loadtest --release -- sync --lang nodejs --concurrency 64 --duration 30s
+//! cargo run -p loadtest --release -- batch --lang nodejs --jobs 100000 --batch-size 10000
+//! cargo run -p loadtest --release -- nats --lang nodejs --jobs 50000
+//! ```
 
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Config {
-    #[command(subcommand)]
-    flow: Flow,
-}
-
-#[derive(Debug, Subcommand)]
-enum Flow {
-    /// Initialize one session, then POST /api/v1/execute/{id} in a closed loop.
-    Sync(loadtest::sync::SyncArgs),
-}
+use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    match config.flow {
-        Flow::Sync(args) => loadtest::sync::run(args).await?,
-    };
-    Ok(())
+    loadtest::cli::Cli::parse().run().await
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use schemas::{ErrorCode, JobStatus};
 use serde::Serialize;
 
 /// Why one request did not count as a success; the key of [`Summary::errors`].
@@ -25,6 +26,14 @@ pub enum ErrorKind {
     BadBody,
     /// A well-formed answer with the wrong `result`.
     WrongResult,
+    /// A submission refused with this error code of the contract.
+    Refused(ErrorCode),
+    /// A job that ended in this terminal status other than `succeeded`.
+    Ended(JobStatus),
+    /// No dispatcher listens on the NATS submit subject.
+    NoResponders,
+    /// An accepted job with no terminal record when the wait ended.
+    Missing,
 }
 
 impl ErrorKind {
@@ -51,8 +60,19 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Transport => f.write_str("transport"),
             ErrorKind::BadBody => f.write_str("bad_body"),
             ErrorKind::WrongResult => f.write_str("wrong_result"),
+            ErrorKind::Refused(code) => write!(f, "refused_{}", code.as_str().to_lowercase()),
+            ErrorKind::Ended(status) => f.write_str(status.as_str()),
+            ErrorKind::NoResponders => f.write_str("no_responders"),
+            ErrorKind::Missing => f.write_str("missing"),
         }
     }
+}
+
+/// What a successful request got back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// Served from the API's result cache.
+    pub cached: bool,
 }
 
 /// Latencies (µs) and error counts of one worker; merged at the end, so the
@@ -62,6 +82,7 @@ pub struct Recorder {
     latency_us: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     requests: u64,
+    cached: u64,
 }
 
 impl Default for Recorder {
@@ -79,17 +100,19 @@ impl Recorder {
             latency_us,
             errors: BTreeMap::new(),
             requests: 0,
+            cached: 0,
         }
     }
 
-    /// Records one finished request. Only successes enter the latency histogram,
-    /// so fast failures (429, 503) cannot make the platform look quicker.
-    pub fn record(&mut self, outcome: Result<(), ErrorKind>, took: Duration) {
+    /// Records one finished request (or job). Only successes enter the latency
+    /// histogram, so fast failures (429, 503) cannot make the platform look quicker.
+    pub fn record(&mut self, outcome: Result<Answer, ErrorKind>, took: Duration) {
         self.requests += 1;
         match outcome {
-            Ok(()) => {
+            Ok(answer) => {
                 let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 self.latency_us.saturating_record(us.max(1));
+                self.cached += u64::from(answer.cached);
             }
             Err(kind) => *self.errors.entry(kind.to_string()).or_default() += 1,
         }
@@ -104,6 +127,7 @@ impl Recorder {
             *self.errors.entry(kind.clone()).or_default() += n;
         }
         self.requests += other.requests;
+        self.cached += other.cached;
     }
 
     /// Requests finished so far, successful or not.
@@ -111,9 +135,29 @@ impl Recorder {
         self.requests
     }
 
+    /// Successful requests so far.
+    pub fn successes(&self) -> u64 {
+        self.latency_us.len()
+    }
+
+    /// Failed requests by kind.
+    pub fn errors(&self) -> &BTreeMap<String, u64> {
+        &self.errors
+    }
+
+    /// Percentiles of the successful requests' latencies.
+    pub fn latency(&self) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(self.latency_us.value_at_quantile(0.50)),
+            p90: ms(self.latency_us.value_at_quantile(0.90)),
+            p99: ms(self.latency_us.value_at_quantile(0.99)),
+            max: ms(self.latency_us.max()),
+        }
+    }
+
     /// Summarises a run that took `elapsed` of wall time.
     pub fn summary(&self, run: RunInfo, elapsed: Duration) -> Summary {
-        let ms = |us: u64| us as f64 / 1000.0;
         let secs = elapsed.as_secs_f64();
         Summary {
             flow: run.flow,
@@ -122,19 +166,28 @@ impl Recorder {
             duration_s: secs,
             requests: self.requests,
             errors: self.errors.clone(),
-            throughput_rps: if secs > 0.0 {
-                self.requests as f64 / secs
-            } else {
-                0.0
-            },
-            latency_ms: Latency {
-                p50: ms(self.latency_us.value_at_quantile(0.50)),
-                p90: ms(self.latency_us.value_at_quantile(0.90)),
-                p99: ms(self.latency_us.value_at_quantile(0.99)),
-                max: ms(self.latency_us.max()),
-            },
+            cached: self.cached,
+            throughput_rps: rate(self.requests, elapsed),
+            latency_ms: self.latency(),
         }
     }
+}
+
+/// `n / elapsed` per second; 0 for an empty interval.
+pub fn rate(n: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json(value: &impl Serialize, path: &Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, json + "\n")
+        .with_context(|| format!("writing summary to {}", path.display()))
 }
 
 /// What was run, for the summary's header.
@@ -157,6 +210,8 @@ pub struct Summary {
     pub requests: u64,
     /// Failed requests by kind (`http_503`, `timeout`, `wrong_result`, ...).
     pub errors: BTreeMap<String, u64>,
+    /// Successful requests the API answered from its result cache.
+    pub cached: u64,
     /// `requests / duration_s`.
     pub throughput_rps: f64,
     /// Latency of successful requests.
@@ -180,9 +235,7 @@ impl Summary {
 
     /// Writes the summary as pretty JSON to `path`.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing summary to {}", path.display()))
+        write_json(self, path)
     }
 }
 
@@ -208,7 +261,8 @@ impl fmt::Display for Summary {
         if !kinds.is_empty() {
             write!(f, " ({})", kinds.join(", "))?;
         }
-        writeln!(f, "\nthroughput {:.2} req/s", self.throughput_rps)?;
+        writeln!(f, "\ncached     {}", self.cached)?;
+        writeln!(f, "throughput {:.2} req/s", self.throughput_rps)?;
         write!(
             f,
             "latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
@@ -234,7 +288,8 @@ mod tests {
         let (mut a, mut b) = (Recorder::new(), Recorder::new());
         for ms in 1..=100u64 {
             let worker = if ms % 2 == 0 { &mut a } else { &mut b };
-            worker.record(Ok(()), Duration::from_millis(ms));
+            let answer = Answer { cached: ms > 95 };
+            worker.record(Ok(answer), Duration::from_millis(ms));
         }
         a.record(Err(ErrorKind::Status(503)), Duration::from_millis(1));
         b.record(Err(ErrorKind::Status(503)), Duration::from_millis(1));
@@ -259,6 +314,7 @@ mod tests {
         assert_eq!(s.error_count(), 3);
         assert_eq!(s.errors["http_503"], 2);
         assert_eq!(s.errors["wrong_result"], 1);
+        assert_eq!(s.cached, 5);
         assert_close(s.throughput_rps, 51.5);
         assert_close(s.latency_ms.p50, 50.0);
         assert_close(s.latency_ms.p90, 90.0);
@@ -275,6 +331,7 @@ mod tests {
             text.contains("errors     3 (http_503: 2, wrong_result: 1)"),
             "{text}"
         );
+        assert!(text.contains("cached     5\n"), "{text}");
         assert!(text.contains("throughput 51.50 req/s"), "{text}");
         assert!(text.contains("p50 50.0"), "{text}");
 
@@ -285,6 +342,7 @@ mod tests {
         assert_eq!(json["duration_s"], 2.0);
         assert_eq!(json["requests"], 103);
         assert_eq!(json["errors"]["http_503"], 2);
+        assert_eq!(json["cached"], 5);
         for field in ["p50", "p90", "p99", "max"] {
             assert!(json["latency_ms"][field].is_f64(), "latency_ms.{field}");
         }
@@ -297,5 +355,31 @@ mod tests {
         assert_eq!(s.throughput_rps, 0.0);
         assert_eq!(s.latency_ms.max, 0.0);
         assert!(s.errors.is_empty());
+    }
+
+    #[test]
+    fn job_failures_are_named_after_their_code_or_status() {
+        let names: Vec<String> = [
+            ErrorKind::Refused(ErrorCode::NotFound),
+            ErrorKind::Ended(JobStatus::TimedOut),
+            ErrorKind::Ended(JobStatus::Dead),
+            ErrorKind::NoResponders,
+            ErrorKind::Missing,
+            ErrorKind::Status(429),
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "refused_not_found",
+                "timed_out",
+                "dead",
+                "no_responders",
+                "missing",
+                "http_429"
+            ]
+        );
     }
 }

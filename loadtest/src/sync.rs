@@ -3,38 +3,34 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::{self, CommonArgs};
 use crate::load::{run_phase, LoadArgs};
-use crate::report::{ErrorKind, RunInfo, Summary};
-use crate::script::Lang;
-
-/// `a` sent by every request under `--same-params`.
-const SAME_A: u64 = 41;
+use crate::report::{Answer, ErrorKind, RunInfo, Summary};
+use crate::script::{self, Lang};
 
 /// Options of `loadtest sync`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SyncArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
     #[command(flatten)]
     pub load: LoadArgs,
     /// Runtime to load; its script returns `params.a + params.b`.
     #[arg(long, env = "LOADTEST_LANG", value_enum, default_value_t = Lang::Nodejs)]
     pub lang: Lang,
     /// Send identical params every time, to measure the result cache instead of the runtime.
-    #[arg(long, env = "LOADTEST_SAME_PARAMS")]
-    pub same_params: bool,
-}
-
-#[derive(Deserialize)]
-struct Initialized {
-    request_id: String,
+    #[arg(long, alias = "same-params", env = "LOADTEST_CACHE")]
+    pub cache: bool,
 }
 
 #[derive(Deserialize)]
 struct Executed {
     result: serde_json::Value,
+    #[serde(default)]
+    cached: bool,
 }
 
 /// Creates the session, runs the optional warmup, then measures; prints the
@@ -45,18 +41,18 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Summary> {
         !load.duration.is_zero(),
         "--duration must be longer than 0s"
     );
-    let script = args.lang.sum_script()?;
-    let client = load.client()?;
-    let request_id = initialize(&client, load, args.lang, script).await?;
+    let client = args.common.client(usize::from(load.concurrency))?;
+    let request_id = api::register(&client, &args.common, args.lang).await?;
     eprintln!("session {request_id} ({}) initialised", args.lang);
 
-    let url = load.endpoint(&format!("/api/v1/execute/{request_id}"));
-    let same_params = args.same_params;
+    let url = args
+        .common
+        .endpoint(&format!("/api/v1/execute/{request_id}"));
+    let same = args.cache;
     let seq = Arc::new(AtomicU64::new(0));
     let op = move |n: u64| {
         let (client, url) = (client.clone(), url.clone());
-        let a = if same_params { SAME_A } else { n };
-        async move { execute(&client, &url, a).await }
+        async move { execute(&client, &url, n, same).await }
     };
 
     if !load.warmup.is_zero() {
@@ -78,44 +74,24 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Summary> {
     };
     let summary = phase.recorder.summary(run, phase.elapsed);
     println!("{summary}");
-    if let Some(path) = &load.json {
+    if let Some(path) = &args.common.json {
         summary.write_json(path)?;
     }
     Ok(summary)
 }
 
-/// `POST /api/v1/initialize` with the language's sum script; returns the `request_id`.
-async fn initialize(
+/// One `POST /api/v1/execute/{id}` with request `n`'s params; anything but
+/// their sum as `result` fails.
+async fn execute(
     client: &reqwest::Client,
-    load: &LoadArgs,
-    lang: Lang,
-    script: &str,
-) -> anyhow::Result<String> {
-    let url = load.endpoint("/api/v1/initialize");
-    let response = client
-        .post(&url)
-        .header("Language-Title", format!("{lang}-loadtest"))
-        .json(&json!({ "context": {}, "script_content": script }))
-        .send()
-        .await
-        .with_context(|| format!("POST {url}: is the API running?"))?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
-        anyhow::bail!("POST {url} answered {status}: {body}");
-    }
-    let body: Initialized = response
-        .json()
-        .await
-        .with_context(|| format!("POST {url}: no request_id in the answer"))?;
-    Ok(body.request_id)
-}
-
-/// One `POST /api/v1/execute/{id}` with `{a, b: 1}`; anything but `result == a + 1` fails.
-async fn execute(client: &reqwest::Client, url: &str, a: u64) -> Result<(), ErrorKind> {
+    url: &str,
+    n: u64,
+    same: bool,
+) -> Result<Answer, ErrorKind> {
+    let (params, expected) = script::params(n, same);
     let response = client
         .post(url)
-        .json(&json!({ "params": { "a": a, "b": 1 } }))
+        .json(&json!({ "params": params }))
         .send()
         .await
         .map_err(|e| ErrorKind::from_reqwest(&e))?;
@@ -126,8 +102,10 @@ async fn execute(client: &reqwest::Client, url: &str, a: u64) -> Result<(), Erro
         return Err(ErrorKind::Status(status.as_u16()));
     }
     let body: Executed = response.json().await.map_err(|_| ErrorKind::BadBody)?;
-    if body.result.as_f64() == Some((a + 1) as f64) {
-        Ok(())
+    if script::is_expected(&body.result, expected) {
+        Ok(Answer {
+            cached: body.cached,
+        })
     } else {
         Err(ErrorKind::WrongResult)
     }

@@ -120,6 +120,12 @@ fn consumer_config(
         ack_wait: Duration::from_secs(def.ack_wait_seconds),
         max_deliver: def.max_deliver,
         max_ack_pending: def.max_ack_pending,
+        backoff: def
+            .backoff_seconds
+            .iter()
+            .copied()
+            .map(Duration::from_secs)
+            .collect(),
         ..Default::default()
     }
 }

@@ -12,6 +12,7 @@
 //! - [`callback`]: which callback URLs may be called.
 //! - [`compile`]: the compile request the API sends a worker at initialize.
 //! - [`codec`]: MessagePack encoding (`rmp_serde::to_vec_named`, so fields can be added).
+//! - [`redact`]: masks secrets (passwords in URLs, tokens, API keys) in what is logged.
 //!
 //! With the `jetstream` feature, [`jetstream`] creates those streams and consumers
 //! idempotently on a live server; with `service`, [`service`] holds the logging
@@ -25,6 +26,7 @@ pub mod events;
 pub mod heartbeat;
 pub mod job;
 pub mod language;
+pub mod redact;
 pub mod streams;
 pub mod subjects;
 pub mod submit;

@@ -39,6 +39,10 @@ pub struct ConsumerDef {
     pub ack_wait_seconds: u64,
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+    /// Delays of the redeliveries of unacknowledged messages, one per
+    /// delivery (the last repeats); the first replaces `ack_wait_seconds`.
+    #[serde(default)]
+    pub backoff_seconds: Vec<u64>,
 }
 
 impl Definitions {
@@ -57,6 +61,12 @@ mod tests {
         let defs = Definitions::shipped();
         assert_eq!(defs.jobs_stream.retention, "workqueue");
         assert!(defs.worker_consumer.max_deliver > 1);
+        // JetStream refuses a backoff list as long as the deliveries, and
+        // uses its first delay as the ack wait.
+        let backoff = &defs.worker_consumer.backoff_seconds;
+        assert!((backoff.len() as i64) < defs.worker_consumer.max_deliver);
+        assert!(backoff.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(backoff[0], defs.worker_consumer.ack_wait_seconds);
         assert_eq!(defs.events_stream.storage, "file");
         assert_eq!(defs.events_consumer.max_deliver, -1);
     }

@@ -86,7 +86,12 @@ impl App {
             .name(format!("workers {}", config.worker_id))
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
         let js = async_nats::jetstream::new(client.clone());
         let subjects = Subjects::new(config.nats_prefix.clone());
         let worker_id: Arc<str> = config.worker_id.into();

@@ -10,7 +10,12 @@ use schemas::{Language, Subjects};
 #[command(name = "workers", version, about)]
 pub struct Config {
     /// NATS server to pull jobs from.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// Prefix of every subject and stream name.

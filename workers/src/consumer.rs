@@ -1,15 +1,20 @@
 //! Pulls the jobs of one language from JetStream, runs them on that
 //! language's pool and answers them.
 //!
-//! Backpressure: a free instance is reserved before a message is pulled, so
-//! no job waits in this process while its ack timer runs.
+//! Backpressure: about one job per instance is fetched ahead; a fetched job
+//! waits for an instance with its ack timer kept alive, and jobs fetched
+//! ahead go straight back to JetStream when the worker stops.
 
 use crate::{
     cancel::Cancellations,
     metrics::{Kill, Metrics},
-    runtime::{Execution, Invocation, Pool, Reservation, RuntimeError},
+    runtime::{Execution, Invocation, Pool, Reservation},
 };
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, PullConsumer},
+    AckKind,
+};
 use futures::StreamExt;
 use schemas::{codec, Job, JobResult, Subjects};
 use std::{
@@ -18,15 +23,20 @@ use std::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// Most jobs pulled in one request.
-const MAX_BATCH: usize = 8;
-/// How long one pull request waits for jobs; also the longest delay before
-/// a cancelled loop notices.
-const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How long one pull request of the stream stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Heartbeats of an open pull request: missing ones reveal a lost request
+/// (a server restart) and the stream asks again.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Pause before opening the pull stream again after it failed.
+const PULL_RETRY: Duration = Duration::from_secs(1);
 /// Ack progress this often, well within the consumer's 30 s `ack_wait`.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// Redelivery delay of a job this worker could not run.
+/// Redelivery delay of a job this worker could not run, doubled with each
+/// delivery up to [`MAX_RETRY_AFTER`].
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The longest delay before a job this worker could not run is tried again.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long in-flight jobs may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,10 +52,16 @@ pub(crate) enum Disposition {
 }
 
 impl Disposition {
-    fn ack_kind(self) -> AckKind {
+    /// The acknowledgement of a message delivered for the `delivered`th time:
+    /// retries back off exponentially.
+    fn ack_kind(self, delivered: i64) -> AckKind {
         match self {
             Self::Ack => AckKind::Ack,
-            Self::Retry { after } => AckKind::Nak(Some(after)),
+            Self::Retry { after } => {
+                let doublings = delivered.saturating_sub(1).clamp(0, 16) as u32;
+                let after = after.saturating_mul(1 << doublings).min(MAX_RETRY_AFTER);
+                AckKind::Nak(Some(after))
+            }
             Self::Term => AckKind::Term,
         }
     }
@@ -74,6 +90,11 @@ pub(crate) struct JobRunner {
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
+///
+/// Jobs come on one long-lived pull stream that keeps about one job per
+/// instance fetched ahead, so a freed instance starts its next job without a
+/// round trip to the server. A job fetched ahead keeps its ack timer alive
+/// (progress) while it waits for an instance.
 pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: CancellationToken) {
     let followed = runner
         .cancels
@@ -84,49 +105,65 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
     }
     let runner = Arc::new(runner);
     let jobs = TaskTracker::new();
-    loop {
-        let reserved = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            reserved = reserve_batch(&runner.pool) => reserved,
-        };
-        let Ok(reserved) = reserved else { break };
-        let batch = consumer
-            .batch()
-            .max_messages(reserved.len())
-            .expires(PULL_WAIT)
+    let prefetch = runner.pool.capacity().max(1);
+    'pull: while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(prefetch)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
+        let mut messages = match messages {
+            Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(error = %e, "pulling jobs; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(PULL_WAIT) => continue,
+                    () = tokio::time::sleep(PULL_RETRY) => continue,
                 }
             }
         };
-        let mut reserved = reserved.into_iter();
-        while let Some(message) = batch.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!(error = %e, "receiving jobs");
-                    break;
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    give_back_fetched(&mut messages, &runner).await;
+                    break 'pull;
                 }
+                message = messages.next() => message,
             };
-            match reserved.next() {
-                Some(reservation) => {
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    // Missed heartbeats, a reconnect: the stream asks again.
+                    tracing::debug!(error = %e, "pulling jobs");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                None => continue 'pull,
+            };
+            let reservation = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    runner.settle(&message, Disposition::Retry { after: Duration::ZERO }).await;
+                    give_back_fetched(&mut messages, &runner).await;
+                    break 'pull;
+                }
+                reservation = with_progress(&message, runner.pool.reserve()) => reservation,
+            };
+            match reservation {
+                Ok(reservation) => {
                     let runner = Arc::clone(&runner);
                     jobs.spawn(async move { runner.process(message, reservation).await });
                 }
-                None => {
-                    let disposition = Disposition::Retry {
-                        after: Duration::ZERO,
-                    };
-                    runner.settled(disposition);
-                    settle(&message, disposition).await
+                Err(e) => {
+                    tracing::warn!(error = %e, "no instance for a job; it goes back");
+                    runner
+                        .settle(&message, Disposition::Retry { after: RETRY_AFTER })
+                        .await;
+                    give_back_fetched(&mut messages, &runner).await;
+                    break 'pull;
                 }
             }
         }
@@ -140,20 +177,22 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
     }
 }
 
-/// Waits for one free instance, then takes up to [`MAX_BATCH`] that are free.
-async fn reserve_batch(pool: &Pool) -> Result<Vec<Reservation>, RuntimeError> {
-    let mut reserved = vec![pool.reserve().await?];
-    while reserved.len() < MAX_BATCH {
-        match pool.try_reserve() {
-            Some(reservation) => reserved.push(reservation),
-            None => break,
-        }
+/// Hands the jobs fetched ahead back to JetStream at once, so that another
+/// worker takes them without waiting out their ack timers.
+async fn give_back_fetched(messages: &mut pull::Stream, runner: &JobRunner) {
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(20), messages.next()).await
+    {
+        let now = Disposition::Retry {
+            after: Duration::ZERO,
+        };
+        runner.settle(&message, now).await;
     }
-    Ok(reserved)
 }
 
 async fn settle(message: &jetstream::Message, disposition: Disposition) {
-    if let Err(e) = message.ack_with(disposition.ack_kind()).await {
+    let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+    if let Err(e) = message.ack_with(disposition.ack_kind(delivered)).await {
         tracing::warn!(error = %e, ?disposition, "acknowledging a job");
     }
 }
@@ -167,13 +206,14 @@ impl JobRunner {
                 Disposition::Term
             }
         };
-        self.settled(disposition);
-        settle(&message, disposition).await;
+        self.settle(&message, disposition).await;
     }
 
-    fn settled(&self, disposition: Disposition) {
+    /// Acknowledges `message` as `disposition` says, and counts it.
+    async fn settle(&self, message: &jetstream::Message, disposition: Disposition) {
         self.metrics
             .settled(self.pool.language(), disposition.kind());
+        settle(message, disposition).await;
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %job.job_id))]
@@ -304,4 +344,32 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delay(disposition: Disposition, delivered: i64) -> Option<Duration> {
+        match disposition.ack_kind(delivered) {
+            AckKind::Nak(after) => after,
+            other => panic!("not a nak: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_cap() {
+        let retry = Disposition::Retry { after: RETRY_AFTER };
+        let delays: Vec<_> = (1..=8).map(|n| delay(retry, n).unwrap()).collect();
+        assert_eq!(delays[0], RETRY_AFTER);
+        assert_eq!(delays[1], RETRY_AFTER * 2);
+        assert_eq!(delays[2], RETRY_AFTER * 4);
+        assert_eq!(delays[7], MAX_RETRY_AFTER);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        // A job handed back at once (no free instance) stays immediate.
+        let now = Disposition::Retry {
+            after: Duration::ZERO,
+        };
+        assert_eq!(delay(now, 4), Some(Duration::ZERO));
+    }
 }

@@ -3,8 +3,10 @@
 
 use super::{jobs, sessions::parse_session_id};
 use crate::{
+    auth::Caller,
     error::{ApiError, ApiResult},
     extract::JsonObject,
+    result_cache::{self, Directive},
     session, AppState,
 };
 use axum::{
@@ -75,6 +77,7 @@ struct ExecuteResponse<'a> {
         ("request_id" = String, Path, description = "The session's id"),
         ExecuteQuery,
         ("Prefer" = Option<String>, Header, description = "`respond-async` answers `202` with a job"),
+        ("X-Cache-Control" = Option<String>, Header, description = "`no-cache` runs the script even when a result is cached; `max-age=N` accepts only a result cached less than N seconds ago"),
         ("Idempotency-Key" = Option<String>, Header, description = "Asynchronous only: a repeat within 24 h answers the first job"),
         ("X-Callback-Url" = Option<String>, Header, description = "Asynchronous only: where the terminal job record is POSTed"),
     ),
@@ -95,6 +98,7 @@ struct ExecuteResponse<'a> {
 #[tracing::instrument(skip_all, fields(request_id = %request_id))]
 async fn execute(
     State(state): State<AppState>,
+    caller: Caller,
     Path(request_id): Path<String>,
     Query(query): Query<ExecuteQuery>,
     headers: HeaderMap,
@@ -111,9 +115,28 @@ async fn execute(
             ))
         }
     };
-    let session = session::load_active(&state, id, &request_id).await?;
+    let session = session::load_active(&state, &caller.owner, id, &request_id).await?;
+    caller.require_execute(session.language)?;
     if query.wants_async(&headers) {
         return execute_async(&state, session, params_json, &headers).await;
+    }
+    let directive = Directive::from_headers(&headers)?;
+    let cache_ttl = Duration::from_secs(state.config.cache_ttl);
+    let cache_key = if cache_ttl.is_zero() {
+        None
+    } else {
+        Some(result_cache::key(
+            state.subjects.prefix(),
+            &session,
+            &params_json,
+        )?)
+    };
+    if let Some(key) = &cache_key {
+        if let Some(hit) = result_cache::lookup(&state.cache, &state.metrics, key, directive).await
+        {
+            state.executions.record(session.request_id, Utc::now());
+            return respond(&session, hit.execution_time, true, &hit.result);
+        }
     }
     if !state.runtimes.available(session.language) {
         return Err(ApiError::unavailable(
@@ -153,12 +176,26 @@ async fn execute(
         ApiError::internal(anyhow::anyhow!("worker sent neither result nor error"))
     })?;
     let result_raw = RawValue::from_string(result_json).map_err(ApiError::internal)?;
+    let execution_time = (result.execution_time_ms * 1000.0).round() / 1000.0;
+    if let Some(key) = &cache_key {
+        result_cache::store(&state.cache, key, &result_raw, execution_time, cache_ttl).await;
+    }
+    respond(&session, execution_time, false, &result_raw)
+}
+
+/// The synchronous answer: `{"request_id","language_title","execution_time","cached","result"}`.
+fn respond(
+    session: &session::Session,
+    execution_time: f64,
+    cached: bool,
+    result: &RawValue,
+) -> ApiResult<Response> {
     let body = serde_json::to_vec(&ExecuteResponse {
         request_id: session.request_id,
         language_title: &session.language_title,
-        execution_time: (result.execution_time_ms * 1000.0).round() / 1000.0,
-        cached: false,
-        result: &result_raw,
+        execution_time,
+        cached,
+        result,
     })
     .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

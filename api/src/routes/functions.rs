@@ -2,8 +2,9 @@
 //! predefined functions and the caller's own registered ones.
 
 use crate::{
+    auth::{Caller, SCOPE_READ_FUNCTIONS},
     error::{ApiError, ApiResult},
-    AppState, OWNER_ANONYMOUS,
+    AppState,
 };
 use axum::{
     extract::{Path, Query, State},
@@ -64,8 +65,10 @@ struct FunctionSummary {
 )]
 async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    caller.require_scope(SCOPE_READ_FUNCTIONS)?;
     let Query(query) =
         query.map_err(|e| ApiError::invalid_request(format!("invalid query: {e}")))?;
     if let Some(language) = &query.language {
@@ -85,7 +88,7 @@ async fn list(
     let visible = "(owner = '' OR owner = $1) AND ($2::text IS NULL OR language = $2)
                    AND ($3::text IS NULL OR kind = $3)";
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM functions WHERE {visible}"))
-        .bind(OWNER_ANONYMOUS)
+        .bind(&caller.owner)
         .bind(&query.language)
         .bind(&query.kind)
         .fetch_one(&state.db)
@@ -95,7 +98,7 @@ async fn list(
          FROM functions WHERE {visible}
          ORDER BY language_title, owner LIMIT $4 OFFSET $5"
     ))
-    .bind(OWNER_ANONYMOUS)
+    .bind(&caller.owner)
     .bind(&query.language)
     .bind(&query.kind)
     .bind(i64::from(per_page))
@@ -133,8 +136,10 @@ struct FunctionRow {
 )]
 async fn detail(
     State(state): State<AppState>,
+    caller: Caller,
     Path(language_title): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    caller.require_scope(SCOPE_READ_FUNCTIONS)?;
     // The caller's own function comes before a predefined one of that name.
     let row = sqlx::query_as::<_, FunctionRow>(
         "SELECT f.language, f.title, f.language_title, f.description, f.kind, f.created_at,
@@ -144,7 +149,7 @@ async fn detail(
          ORDER BY f.owner DESC LIMIT 1",
     )
     .bind(&language_title)
-    .bind(OWNER_ANONYMOUS)
+    .bind(&caller.owner)
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(|| ApiError::not_found(format!("no function is registered as {language_title}")))?;

@@ -7,10 +7,11 @@
 mod resolve;
 
 use crate::{
+    auth::Caller,
     error::{ApiError, ApiResult},
     extract::JsonObject,
     jobs::{self, NewJob, MAX_BATCH},
-    AppState, OWNER_ANONYMOUS,
+    AppState,
 };
 use axum::{
     extract::{Path, Query, State},
@@ -78,10 +79,11 @@ pub(super) async fn accept(state: &AppState, job: NewJob) -> ApiResult<Response>
 #[tracing::instrument(skip_all)]
 async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonObject(spec): JsonObject<JobSpec>,
 ) -> ApiResult<Response> {
-    let mut resolver = Resolver::new(&state, &headers)?;
+    let mut resolver = Resolver::new(&state, &caller, &headers)?;
     let mut job = resolver.resolve(spec, None).await?;
     job.idempotency_key = header_text(&headers, "idempotency-key")?;
     accept(&state, job).await
@@ -110,6 +112,7 @@ struct BatchBody {
 #[tracing::instrument(skip_all, fields(jobs))]
 async fn submit_batch(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonObject(body): JsonObject<BatchBody>,
 ) -> ApiResult<Response> {
@@ -127,9 +130,10 @@ async fn submit_batch(
         return Err(ApiError::invalid_request("jobs must not be empty"));
     }
     let batch_id = Uuid::now_v7();
-    let mut resolver = Resolver::new(&state, &headers)?;
+    let mut resolver = Resolver::new(&state, &caller, &headers)?;
     let mut accepted = Vec::with_capacity(body.jobs.len());
     let mut rejected = Vec::new();
+    let mut forbidden = 0;
     for (index, item) in body.jobs.into_iter().enumerate() {
         let resolved = match serde_json::from_value::<JobSpec>(item) {
             Ok(spec) => resolver.resolve(spec, Some(batch_id)).await,
@@ -137,8 +141,18 @@ async fn submit_batch(
         };
         match resolved {
             Ok(job) => accepted.push((index, job)),
-            Err(e) => rejected.push(json!({"index": index, "code": e.code, "message": e.message})),
+            Err(e) => {
+                forbidden += usize::from(e.code == ErrorCode::Forbidden);
+                rejected.push(json!({"index": index, "code": e.code, "message": e.message}))
+            }
         }
+    }
+    if accepted.is_empty() && forbidden == rejected.len() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the credentials may run none of the batch's jobs",
+        )
+        .with_details(json!({"rejected": rejected})));
     }
     if accepted.is_empty() {
         return Err(ApiError::invalid_request("no job of the batch is valid")
@@ -172,9 +186,13 @@ async fn submit_batch(
         (status = 404, description = "No such job", body = super::openapi::ErrorBody),
     )
 )]
-async fn show(State(state): State<AppState>, Path(job_id): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_job_id(&job_id)?;
-    jobs::record(&state.db, OWNER_ANONYMOUS, id)
+    jobs::record(&state.db, &caller.owner, id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("job {job_id} not found")))
@@ -204,6 +222,7 @@ struct ListQuery {
 )]
 async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
@@ -216,7 +235,7 @@ async fn list(
     let filter = "owner = $1 AND ($2::uuid IS NULL OR batch_id = $2)
                   AND ($3::text IS NULL OR status = $3)";
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {filter}"))
-        .bind(OWNER_ANONYMOUS)
+        .bind(&caller.owner)
         .bind(query.batch_id)
         .bind(status.map(JobStatus::as_str))
         .fetch_one(&state.db)
@@ -225,7 +244,7 @@ async fn list(
         "SELECT job_record(j) FROM jobs j WHERE {filter}
          ORDER BY created_at, job_id LIMIT $4 OFFSET $5"
     ))
-    .bind(OWNER_ANONYMOUS)
+    .bind(&caller.owner)
     .bind(query.batch_id)
     .bind(status.map(JobStatus::as_str))
     .bind(per_page)
@@ -253,9 +272,11 @@ async fn list(
 )]
 async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_job_id(&job_id)?;
+    require_execute_job(&state, &caller, id, &job_id).await?;
     let cancelled: Option<(Value, String)> = sqlx::query_as(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now(),
                 callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END,
@@ -264,11 +285,11 @@ async fn cancel(
          RETURNING job_record(jobs), language_title",
     )
     .bind(id)
-    .bind(OWNER_ANONYMOUS)
+    .bind(&caller.owner)
     .fetch_optional(&state.db)
     .await?;
     let Some((record, language_title)) = cancelled else {
-        return show(State(state), Path(job_id)).await;
+        return show(State(state), caller, Path(job_id)).await;
     };
     let subject = state.subjects.cancel();
     if let Err(e) = state.nats.publish(subject, id.to_string().into()).await {
@@ -296,8 +317,13 @@ async fn cancel(
         (status = 404, description = "No such job", body = super::openapi::ErrorBody),
     )
 )]
-async fn retry(State(state): State<AppState>, Path(job_id): Path<String>) -> ApiResult<Response> {
+async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> ApiResult<Response> {
     let id = parse_job_id(&job_id)?;
+    require_execute_job(&state, &caller, id, &job_id).await?;
     let requeued = sqlx::query(
         "UPDATE jobs SET status = 'queued', generation = generation + 1, published_seq = NULL,
                 started_at = NULL, finished_at = NULL, result = NULL, error = NULL, logs = NULL,
@@ -305,12 +331,12 @@ async fn retry(State(state): State<AppState>, Path(job_id): Path<String>) -> Api
          WHERE job_id = $1 AND owner = $2 AND status = 'dead'",
     )
     .bind(id)
-    .bind(OWNER_ANONYMOUS)
+    .bind(&caller.owner)
     .execute(&state.db)
     .await?
     .rows_affected();
     if requeued == 0 {
-        let record = show(State(state), Path(job_id)).await?;
+        let record = show(State(state), caller, Path(job_id)).await?;
         return Err(ApiError::invalid_request(format!(
             "only dead jobs can be retried; this one is {}",
             record.0["status"].as_str().unwrap_or("unknown")
@@ -326,6 +352,23 @@ async fn retry(State(state): State<AppState>, Path(job_id): Path<String>) -> Api
         Json(json!({"job_id": id, "status": "queued"})),
     )
         .into_response())
+}
+
+/// 404 unless the caller owns the job, 403 unless it may run the job's language.
+async fn require_execute_job(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    raw: &str,
+) -> ApiResult<()> {
+    let language: Option<String> =
+        sqlx::query_scalar("SELECT language FROM jobs WHERE job_id = $1 AND owner = $2")
+            .bind(id)
+            .bind(&caller.owner)
+            .fetch_optional(&state.db)
+            .await?;
+    let language = language.ok_or_else(|| ApiError::not_found(format!("job {raw} not found")))?;
+    caller.require_execute(language.parse().map_err(ApiError::internal)?)
 }
 
 fn parse_job_id(raw: &str) -> ApiResult<Uuid> {

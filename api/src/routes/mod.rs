@@ -28,6 +28,11 @@ pub fn router(state: AppState) -> Router {
                 .merge(execute::router())
                 .merge(functions::router())
                 .merge(jobs::router())
+                .layer(axum::middleware::from_fn(crate::request_log::note_caller))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::ratelimit::limit,
+                ))
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     crate::auth::authenticate,
@@ -47,6 +52,10 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_log.clone(),
+            crate::request_log::record,
+        ))
         .with_state(state)
 }
 
@@ -57,6 +66,7 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> axum::response::Respo
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown");
     tracing::error!(panic = message, "handler panicked");
+    crate::request_log::note_failure(format_args!("panic: {message}"));
     let mut response = ApiError::new(ErrorCode::InternalError, "internal error").into_response();
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response

@@ -20,7 +20,12 @@ use axum::{
 };
 use std::sync::OnceLock;
 use utoipa::{
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        header::Header,
+        schema::{ObjectBuilder, Type},
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+        Content, Ref, ResponseBuilder,
+    },
     Modify, OpenApi,
 };
 
@@ -66,11 +71,26 @@ pub(crate) const API_KEY: &str = "api_key";
 )]
 struct ApiDoc;
 
-/// Declares the two ways to authenticate.
+/// Declares the two ways to authenticate, and the answers every operation
+/// that needs credentials may give: 401, 403 and 429.
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if !is_public(operation) {
+                    add_guard_answers(&mut operation.responses);
+                }
+            }
+        }
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             BEARER,
@@ -92,6 +112,40 @@ impl Modify for SecuritySchemes {
                 "An API key issued to an owner",
             ))),
         );
+    }
+}
+
+/// Whether an operation declares that it needs no credentials (`security(())`).
+fn is_public(operation: &utoipa::openapi::path::Operation) -> bool {
+    operation.security.as_ref().is_some_and(|requirements| {
+        serde_json::to_value(requirements).is_ok_and(|v| v == serde_json::json!([{}]))
+    })
+}
+
+fn add_guard_answers(responses: &mut utoipa::openapi::Responses) {
+    let error = || Content::new(Some(Ref::from_schema_name("ErrorBody")));
+    let answers = [
+        ("401", "UNAUTHORIZED: no or bad credentials", None),
+        ("403", "FORBIDDEN: the credentials lack the scope", None),
+        (
+            "429",
+            "RATE_LIMITED: the caller's limit is used up",
+            Some("Seconds until a request is accepted again"),
+        ),
+    ];
+    for (status, description, retry_after) in answers {
+        let mut answer = ResponseBuilder::new()
+            .description(description)
+            .content("application/json", error());
+        if let Some(header) = retry_after {
+            let mut retry = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
+            retry.description = Some(header.to_owned());
+            answer = answer.header("Retry-After", retry);
+        }
+        responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| answer.build().into());
     }
 }
 

@@ -1,10 +1,11 @@
 //! `POST /initialize` and `GET /sessions/{request_id}`.
 
 use crate::{
+    auth::Caller,
     error::{ApiError, ApiResult},
     extract::JsonObject,
     session::{self, Session},
-    AppState, OWNER_ANONYMOUS,
+    AppState,
 };
 use axum::{
     extract::{Path, State},
@@ -63,18 +64,20 @@ struct InitializeBody {
 #[tracing::instrument(skip_all, fields(language_title))]
 async fn initialize(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonObject(body): JsonObject<InitializeBody>,
 ) -> ApiResult<Json<Value>> {
     let language_title = language_title(&headers)?;
     tracing::Span::current().record("language_title", language_title.to_string());
+    caller.require_execute(language_title.language)?;
     let context = match body.context {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::invalid_request("context must be a JSON object")),
     };
     let limits = Limits::from_context(&context, &state)?;
-    let owner = OWNER_ANONYMOUS;
+    let owner = caller.owner.as_str();
     let lt = language_title.to_string();
 
     let (script, registers) = match body.script_content {
@@ -132,9 +135,11 @@ async fn initialize(
     };
 
     let mut tx = state.db.begin().await?;
+    // Touching an existing script locks it until the session refers to it,
+    // so that the dispatcher cannot remove it as unused in between.
     sqlx::query(
         "INSERT INTO scripts (hash, language, content) VALUES ($1, $2, $3)
-         ON CONFLICT (hash) DO NOTHING",
+         ON CONFLICT (hash) DO UPDATE SET created_at = now()",
     )
     .bind(&session.script_hash)
     .bind(language.as_str())
@@ -334,15 +339,17 @@ struct SessionStatusRow {
 )]
 async fn get_session(
     State(state): State<AppState>,
+    caller: Caller,
     Path(request_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_session_id(&request_id)?;
     let row = sqlx::query_as::<_, SessionStatusRow>(
         "SELECT request_id, language_title, retain, created_at, expires_at,
                 execution_count, last_executed_at
-         FROM sessions WHERE request_id = $1",
+         FROM sessions WHERE request_id = $1 AND owner = $2",
     )
     .bind(id)
+    .bind(&caller.owner)
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(|| ApiError::not_found(format!("session {request_id} not found")))?;
@@ -352,13 +359,19 @@ async fn get_session(
         count += n;
         last = last.max(Some(at));
     }
-    let active = row.retain || row.expires_at > Utc::now();
+    let mut expires_at = row.expires_at;
+    if row.retain {
+        if let Some(until) = state.executions.extended_until(id) {
+            expires_at = expires_at.max(until);
+        }
+    }
+    let active = expires_at > Utc::now();
     Ok(Json(json!({
         "request_id": row.request_id,
         "language_title": row.language_title,
         "status": if active { "active" } else { "expired" },
         "created_at": row.created_at,
-        "expires_at": row.expires_at,
+        "expires_at": expires_at,
         "execution_count": count,
         "last_executed_at": last,
     })))

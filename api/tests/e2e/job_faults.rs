@@ -226,7 +226,6 @@ impl Drop for PrivateNats {
 }
 
 #[tokio::test]
-#[ignore = "stalls when the whole suite loads the machine: after the restart most jobs stay queued; run alone with --ignored"]
 async fn jobs_survive_a_nats_restart() {
     let mut nats = PrivateNats::start().await;
     let stack = Stack::start_with(Options {

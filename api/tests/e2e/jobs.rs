@@ -212,7 +212,7 @@ async fn ten_thousand_jobs_in_one_request_all_complete_correctly() {
         .collect();
     assert_eq!(expected.len(), 10_000);
     let batch = body["batch_id"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let (_, list) = stack
             .get(&format!(

@@ -3,16 +3,20 @@
 
 #![allow(unreachable_pub)] // test modules share helpers through `pub`
 
+mod auth;
 mod dashboard;
 mod errors;
 mod execution;
 mod functions;
 mod job_faults;
 mod jobs;
+mod limits;
 mod metrics;
 mod openapi;
 mod python;
+mod request_logs;
 mod resilience;
 mod sandbox;
+mod sessions;
 mod support;
 mod wasm;

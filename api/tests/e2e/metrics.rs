@@ -1,7 +1,7 @@
 //! `/metrics`: Prometheus text with bounded labels, from the API, the
 //! dispatcher and the worker (each serves its own).
 
-use crate::support::{Stack, ADD};
+use crate::support::{Options, Stack, ADD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::{collections::BTreeMap, time::Duration};
@@ -220,7 +220,12 @@ async fn wait_status(stack: &Stack, job_id: &str, status: &str) {
 
 #[tokio::test]
 async fn every_process_exports_its_series_after_real_work_with_bounded_labels() {
-    let stack = Stack::start().await;
+    // Jobs published straight onto NATS belong to the anonymous owner.
+    let stack = Stack::start_with(Options {
+        auth_disabled: true,
+        ..Options::default()
+    })
+    .await;
     let adder = stack.session("nodejs-adder", ADD).await;
     let thrower = stack
         .session("nodejs-thrower", "throw new Error('x');")

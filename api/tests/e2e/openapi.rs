@@ -92,15 +92,27 @@ async fn the_document_covers_every_route_and_both_credentials() {
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
     assert_eq!(doc["security"], json!([{"bearer": []}, {"api_key": []}]));
-    // Health, metrics and the documentation need no credentials.
-    for path in [
+    // Health, metrics and the documentation need no credentials; every
+    // other operation may answer 401, 403 and 429.
+    let public = [
         "/health",
         "/metrics",
         "/api/v1/openapi.json",
         "/api/v1/docs",
-    ] {
-        assert_eq!(doc["paths"][path]["get"]["security"], json!([{}]), "{path}");
+    ];
+    for (method, path) in ROUTES {
+        let operation = &doc["paths"][path][method];
+        let guarded = ["401", "403", "429"].map(|s| operation["responses"][s].is_object());
+        if public.contains(path) {
+            assert_eq!(operation["security"], json!([{}]), "{path}");
+            assert_eq!(guarded, [false; 3], "{method} {path}");
+        } else {
+            assert!(operation["security"].is_null(), "{method} {path}");
+            assert_eq!(guarded, [true; 3], "{method} {path}");
+        }
     }
+    let limited = &doc["paths"]["/api/v1/execute/{request_id}"]["post"]["responses"]["429"];
+    assert!(limited["headers"]["Retry-After"].is_object(), "{limited}");
     stack.stop().await;
 }
 
@@ -202,6 +214,19 @@ async fn real_answers_have_the_documented_shape() {
         .await;
     let (s, body) = stack.execute(&thrower, json!({})).await;
     check("post", "/api/v1/execute/{request_id}", s, &body);
+    let response = crate::support::client(None)
+        .get(stack.url("/api/v1/functions"))
+        .send()
+        .await
+        .unwrap();
+    let s = response.status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    check(
+        "get",
+        "/api/v1/functions",
+        s,
+        &response.json().await.unwrap(),
+    );
     stack.stop().await;
 }
 

@@ -35,6 +35,34 @@ pub struct Options {
     pub callback_allow_private: bool,
     /// The NATS server, when not the machine's.
     pub nats_url: Option<String>,
+    /// `CACHE_TTL`: 0 (the default here) runs every execute for real.
+    pub cache_ttl_seconds: u64,
+    /// Requests per minute by class (`RATE_LIMIT_*`); the defaults here are
+    /// too high to ever refuse a test's requests.
+    pub rate_limit_execute_per_minute: u32,
+    pub rate_limit_anonymous_execute_per_minute: u32,
+    pub rate_limit_functions_per_minute: u32,
+    pub rate_limit_read_per_minute: u32,
+    /// `RATE_LIMIT_FAIL_OPEN`.
+    pub rate_limit_fail_open: bool,
+    /// `RATE_LIMIT_TRUST_FORWARDED_FOR`.
+    pub rate_limit_trust_forwarded_for: bool,
+    /// How long an expired session stays readable before the dispatcher removes it.
+    pub session_retention_seconds: u64,
+    /// How often the dispatcher cleans up.
+    pub reap_interval_seconds: u64,
+    /// `REQUEST_LOG_BUFFER`.
+    pub request_log_buffer: usize,
+    /// Serve without credentials (`AUTH_DISABLED`); `http` then sends none.
+    pub auth_disabled: bool,
+    /// JWT algorithms accepted (`AUTH_JWT_ALGORITHMS`); empty: HS256 with [`JWT_SECRET`].
+    pub jwt_algorithms: Vec<String>,
+    /// The PEM public key of RS* tokens (`AUTH_JWT_PUBLIC_KEY`).
+    pub jwt_public_key: Option<String>,
+    /// Audiences tokens must name (`AUTH_JWT_AUDIENCE`).
+    pub jwt_audience: Vec<String>,
+    /// How long a looked-up API key is trusted (`AUTH_API_KEY_CACHE_SECONDS`).
+    pub api_key_cache_seconds: u64,
 }
 
 impl Default for Options {
@@ -47,6 +75,21 @@ impl Default for Options {
             languages: vec![Language::Nodejs],
             callback_allow_private: true,
             nats_url: None,
+            cache_ttl_seconds: 0,
+            rate_limit_execute_per_minute: 1_000_000,
+            rate_limit_anonymous_execute_per_minute: 1_000_000,
+            rate_limit_functions_per_minute: 1_000_000,
+            rate_limit_read_per_minute: 1_000_000,
+            rate_limit_fail_open: true,
+            rate_limit_trust_forwarded_for: false,
+            session_retention_seconds: 86_400,
+            reap_interval_seconds: 60,
+            request_log_buffer: 10_000,
+            auth_disabled: false,
+            jwt_algorithms: Vec::new(),
+            jwt_public_key: None,
+            jwt_audience: Vec::new(),
+            api_key_cache_seconds: 10,
         }
     }
 }
@@ -64,6 +107,11 @@ pub struct Stack {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     db_name: String,
+    /// What the processes were started with, for [`Stack::restart`].
+    api_config: api::Config,
+    dispatcher_config: dispatcher::Config,
+    worker_config: Option<workers::Config>,
+    languages: Vec<Language>,
 }
 
 impl Stack {
@@ -97,6 +145,22 @@ impl Stack {
         config.max_script_size = options.max_script_size;
         config.queue_wait_ms = 3000;
         config.callback_allow_private = options.callback_allow_private;
+        config.cache_ttl = options.cache_ttl_seconds;
+        config.rate_limit_execute_per_minute = options.rate_limit_execute_per_minute;
+        config.rate_limit_anonymous_execute_per_minute =
+            options.rate_limit_anonymous_execute_per_minute;
+        config.rate_limit_functions_per_minute = options.rate_limit_functions_per_minute;
+        config.rate_limit_read_per_minute = options.rate_limit_read_per_minute;
+        config.rate_limit_fail_open = options.rate_limit_fail_open;
+        config.rate_limit_trust_forwarded_for = options.rate_limit_trust_forwarded_for;
+        config.request_log_buffer = options.request_log_buffer;
+        config.auth_disabled = options.auth_disabled;
+        config.auth_jwt_secret = Some(JWT_SECRET.to_owned().into());
+        config.auth_jwt_algorithms = options.jwt_algorithms;
+        config.auth_jwt_public_key = options.jwt_public_key;
+        config.auth_jwt_audience = options.jwt_audience;
+        config.auth_api_key_cache_seconds = options.api_key_cache_seconds;
+        let api_config = config.clone();
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
@@ -111,6 +175,9 @@ impl Stack {
         dconfig.sweep_interval_ms = 1000;
         dconfig.nats_prefix = prefix.clone();
         dconfig.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        dconfig.session_retention_seconds = options.session_retention_seconds;
+        dconfig.reap_interval_seconds = options.reap_interval_seconds;
+        let dispatcher_config = dconfig.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await
             .expect("dispatcher starts");
@@ -122,6 +189,7 @@ impl Stack {
 
         let mut worker = None;
         let mut worker_metrics = None;
+        let mut worker_config = None;
         if options.worker {
             let mut wconfig = workers::Config::from_env();
             wconfig.nats_url = nats_url.clone();
@@ -133,6 +201,7 @@ impl Stack {
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
             wconfig.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+            worker_config = Some(wconfig.clone());
             let app = workers::App::build(wconfig).await.expect("worker starts");
             worker_metrics = Some(metrics_url(app.metrics_port()));
             worker = Some(app.handle());
@@ -142,7 +211,10 @@ impl Stack {
 
         let stack = Self {
             base,
-            http: reqwest::Client::new(),
+            http: client(
+                (!options.auth_disabled)
+                    .then(|| self::token(TESTER, &[SCOPE_EXECUTE_ALL, SCOPE_READ_FUNCTIONS])),
+            ),
             worker,
             database_url,
             prefix,
@@ -151,6 +223,10 @@ impl Stack {
             shutdown,
             tasks,
             db_name,
+            api_config,
+            dispatcher_config,
+            worker_config,
+            languages: options.languages.clone(),
         };
         if options.worker {
             for language in &options.languages {
@@ -162,6 +238,47 @@ impl Stack {
             }
         }
         stack
+    }
+
+    /// Stops the api, the dispatcher and the worker, and starts new ones on
+    /// the same database and NATS prefix (the api on a new port; with an
+    /// in-process cache, an empty one).
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+        self.shutdown = CancellationToken::new();
+        let app = api::App::build(self.api_config.clone())
+            .await
+            .expect("api starts again");
+        self.base = format!("http://127.0.0.1:{}", app.port());
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            app.run(token).await.expect("api runs")
+        }));
+        let dispatcher = dispatcher::App::build(self.dispatcher_config.clone())
+            .await
+            .expect("dispatcher starts again");
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            dispatcher.run(token).await.expect("dispatcher runs")
+        }));
+        if let Some(wconfig) = self.worker_config.clone() {
+            let app = workers::App::build(wconfig)
+                .await
+                .expect("worker starts again");
+            self.worker = Some(app.handle());
+            let token = self.shutdown.clone();
+            self.tasks
+                .push(tokio::spawn(async move { app.run(token).await }));
+            for language in self.languages.clone() {
+                self.wait_for(&format!("the {language} runtime to be announced"), |h| {
+                    h["components"]["runtimes"][language.as_str()]["status"] == "ok"
+                })
+                .await;
+            }
+        }
     }
 
     /// Polls `/health` until `check` holds (10 s at most).
@@ -178,6 +295,11 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An HS256 token for `sub` with `scopes`, valid for an hour.
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        token(sub, scopes)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -318,6 +440,45 @@ fn metrics_url(port: Option<u16>) -> String {
         "http://127.0.0.1:{}/metrics",
         port.expect("metrics are served")
     )
+}
+
+/// The HMAC secret of the stack's tokens.
+pub const JWT_SECRET: &str = "e2e-secret-of-at-least-thirty-two-bytes";
+/// The owner `stack.http` authenticates as.
+pub const TESTER: &str = "tester";
+pub const SCOPE_EXECUTE_ALL: &str = "execute:all";
+pub const SCOPE_READ_FUNCTIONS: &str = "read:functions";
+
+/// A client that sends `Authorization: Bearer <token>` unless a request says otherwise.
+pub fn client(token: Option<String>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().expect("header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// `claims` signed with HS256 and [`JWT_SECRET`].
+pub fn sign(claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).expect("sign")
+}
+
+/// An HS256 token for `sub` with `scopes`, valid for an hour.
+fn token(sub: &str, scopes: &[&str]) -> String {
+    sign(&json!({"sub": sub, "scope": scopes.join(" "), "exp": now() + 3600}))
 }
 
 async fn read(response: reqwest::Response) -> (StatusCode, Value) {

@@ -70,7 +70,7 @@ impl Submissions {
             (Some(id), None) => {
                 let session: Option<(String, String, String, i64, i32)> = sqlx::query_as(
                     "SELECT language_title, script_hash, context::text, timeout_ms, memory_mb FROM sessions
-                     WHERE request_id = $1 AND (retain OR expires_at > now())",
+                     WHERE request_id = $1 AND expires_at > now()",
                 )
                 .bind(id)
                 .fetch_optional(&self.db)
@@ -140,7 +140,9 @@ impl Submissions {
         }
         let hash = script_hash(title.language, script);
         let mut tx = self.db.begin().await?;
-        sqlx::query("INSERT INTO scripts (hash, language, content) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING")
+        // Touching an existing script locks it until the function refers to
+        // it, so that the reaper cannot remove it in between.
+        sqlx::query("INSERT INTO scripts (hash, language, content) VALUES ($1, $2, $3) ON CONFLICT (hash) DO UPDATE SET created_at = now()")
             .bind(&hash)
             .bind(title.language.as_str())
             .bind(script)

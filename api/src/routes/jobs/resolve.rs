@@ -3,11 +3,12 @@
 //! function and callback host up once per request however many jobs name it.
 
 use crate::{
+    auth::Caller,
     error::{ApiError, ApiResult},
     jobs::{self, NewJob},
     routes::sessions::Limits,
     session::{self, Session},
-    AppState, OWNER_ANONYMOUS,
+    AppState,
 };
 use axum::http::HeaderMap;
 use schemas::{ErrorCode, LanguageTitle};
@@ -45,6 +46,7 @@ type Function = (String, String); // script hash, script
 /// Resolves job specs for one request.
 pub(crate) struct Resolver<'a> {
     state: &'a AppState,
+    caller: &'a Caller,
     default_callback: Option<String>,
     sessions: HashMap<Uuid, Session>,
     functions: HashMap<String, Function>,
@@ -53,9 +55,14 @@ pub(crate) struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     /// A resolver; `X-Callback-Url` is the callback of jobs naming none.
-    pub(crate) fn new(state: &'a AppState, headers: &HeaderMap) -> ApiResult<Self> {
+    pub(crate) fn new(
+        state: &'a AppState,
+        caller: &'a Caller,
+        headers: &HeaderMap,
+    ) -> ApiResult<Self> {
         Ok(Self {
             state,
+            caller,
             default_callback: header_text(headers, "x-callback-url")?,
             sessions: HashMap::new(),
             functions: HashMap::new(),
@@ -95,6 +102,7 @@ impl<'a> Resolver<'a> {
                 ))
             }
         };
+        self.caller.require_execute(job.language)?;
         job.batch_id = batch_id;
         job.callback_url = callback_url;
         Ok(job)
@@ -107,7 +115,7 @@ impl<'a> Resolver<'a> {
         if let Some(session) = self.sessions.get(&id) {
             return Ok(session.clone());
         }
-        let session = session::load_active(self.state, id, raw).await?;
+        let session = session::load_active(self.state, &self.caller.owner, id, raw).await?;
         self.sessions.insert(id, session.clone());
         Ok(session)
     }
@@ -129,7 +137,7 @@ impl<'a> Resolver<'a> {
                  ORDER BY f.owner DESC LIMIT 1",
             )
             .bind(&name)
-            .bind(OWNER_ANONYMOUS)
+            .bind(&self.caller.owner)
             .fetch_optional(&self.state.db)
             .await?;
             let found = found.ok_or_else(|| {
@@ -146,7 +154,7 @@ impl<'a> Resolver<'a> {
         Ok(NewJob {
             job_id: Uuid::now_v7(),
             batch_id: None,
-            owner: OWNER_ANONYMOUS.to_owned(),
+            owner: self.caller.owner.clone(),
             request_id: None,
             language: lt.language,
             language_title: name,
