@@ -12,6 +12,9 @@ export BIND_ADDR="${BIND_ADDR:-127.0.0.1:8080}"
 export RUST_LOG="${RUST_LOG:-info}"
 # Local development: callbacks may go to services on this machine.
 export CALLBACK_ALLOW_PRIVATE="${CALLBACK_ALLOW_PRIVATE:-true}"
+# Each process serves its own Prometheus metrics (the API on BIND_ADDR).
+export DISPATCHER_METRICS_ADDR="${DISPATCHER_METRICS_ADDR:-127.0.0.1:9091}"
+export WORKER_METRICS_ADDR="${WORKER_METRICS_ADDR:-127.0.0.1:9092}"
 # Local development: every caller here is anonymous and would be held to the
 # anonymous limit (10 executes a minute); the quick start and the load
 # generator need more. RATE_LIMIT_DISABLED=false turns the limits on.

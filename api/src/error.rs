@@ -91,6 +91,8 @@ impl IntoResponse for ApiError {
             "error": {"code": self.code, "message": self.message, "details": self.details}
         });
         let mut response = (status, Json(body)).into_response();
+        // For the metrics middleware: error answers are counted by code.
+        response.extensions_mut().insert(self.code);
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

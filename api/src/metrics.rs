@@ -1,9 +1,11 @@
 //! The API's Prometheus metrics, served at `GET /metrics`.
 //!
 //! Request counts and latencies come from a middleware (labelled by route
-//! template, never by a raw path); execution outcomes and times from
-//! `execute`; queue depth and pending acks per language from JetStream and
-//! active sessions from PostgreSQL, refreshed in the background; runtime
+//! template, never by a raw path), and so do error answers by code (read
+//! from the [`ErrorCode`] that `ApiError` leaves in the response's
+//! extensions); execution outcomes and times from `execute`; queue depth and
+//! pending acks per language from JetStream, active sessions and open jobs
+//! from PostgreSQL, refreshed in the background; runtime
 //! capacity and load from worker heartbeats, read at scrape time. Every label
 //! value is bounded: routes, methods, status codes, languages, error codes.
 
@@ -14,30 +16,28 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
+use schemas::{
+    service::metrics::{encode, Registrar, CONTENT_TYPE},
+    ErrorCode, JobStatus, Language,
 };
-use schemas::Language;
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
-/// Seconds, from 100 µs to 60 s.
-const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
 
 /// Every series of this process.
 pub struct Metrics {
-    registry: Registry,
+    registrar: Registrar,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    errors: IntCounterVec,
     executions: IntCounterVec,
     execution_duration: HistogramVec,
     sessions_created: IntCounterVec,
     active_sessions: IntGauge,
+    jobs_open: IntGaugeVec,
     queue_depth: IntGaugeVec,
     queue_pending_acks: IntGaugeVec,
     queue_redelivered: IntGaugeVec,
@@ -49,102 +49,85 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("lambda".into()), None).expect("valid prefix");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique gauge");
-            g
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-            let h = HistogramVec::new(opts, labels).expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique histogram");
-            h
-        };
-        let active_sessions =
-            IntGauge::new("active_sessions", "Sessions not expired").expect("valid gauge");
-        registry
-            .register(Box::new(active_sessions.clone()))
-            .expect("unique gauge");
-        let request_logs_dropped = prometheus::IntCounter::new(
-            "request_logs_dropped_total",
-            "Request log entries dropped: buffer full while PostgreSQL was away, or refused",
-        )
-        .expect("valid counter");
-        registry
-            .register(Box::new(request_logs_dropped.clone()))
-            .expect("unique counter");
-        Self {
-            http_requests: counter(
+        let r = Registrar::new();
+        let metrics = Self {
+            http_requests: r.counter(
                 "http_requests_total",
                 "HTTP requests by route template, method and status",
                 &["route", "method", "status"],
             ),
-            http_duration: histogram(
+            http_duration: r.seconds(
                 "http_request_duration_seconds",
                 "HTTP request latency by route template",
                 &["route"],
             ),
-            executions: counter(
+            errors: r.counter("errors_total", "Error answers by error code", &["code"]),
+            executions: r.counter(
                 "executions_total",
                 "Executions answered by a worker, by language and outcome (ok or an error code)",
                 &["language", "outcome"],
             ),
-            execution_duration: histogram(
+            execution_duration: r.seconds(
                 "execution_duration_seconds",
                 "Time scripts ran, as measured by the worker, by language",
                 &["language"],
             ),
-            sessions_created: counter(
+            sessions_created: r.counter(
                 "sessions_created_total",
                 "Sessions created by initialize, by language",
                 &["language"],
             ),
-            active_sessions,
-            queue_depth: gauge(
+            active_sessions: r.single_gauge("active_sessions", "Sessions not expired"),
+            jobs_open: r.gauge(
+                "jobs_open",
+                "Asynchronous jobs not finished yet, by status (queued or running)",
+                &["status"],
+            ),
+            queue_depth: r.gauge(
                 "queue_depth",
                 "Jobs waiting in JetStream for a worker, by language",
                 &["language"],
             ),
-            queue_pending_acks: gauge(
+            queue_pending_acks: r.gauge(
                 "queue_pending_acks",
                 "Jobs delivered to a worker and not yet acknowledged, by language",
                 &["language"],
             ),
-            queue_redelivered: gauge(
+            queue_redelivered: r.gauge(
                 "queue_redelivered",
                 "Jobs delivered more than once and not yet acknowledged, by language",
                 &["language"],
             ),
-            runtime_capacity: gauge(
+            runtime_capacity: r.gauge(
                 "runtime_capacity",
                 "Jobs live workers can run at once, by language",
                 &["language"],
             ),
-            runtime_busy: gauge(
+            runtime_busy: r.gauge(
                 "runtime_busy",
                 "Jobs running now, by language",
                 &["language"],
             ),
-            cache_lookups: counter(
+            cache_lookups: r.counter(
                 "cache_lookups_total",
                 "Cache lookups by cache and result (hit or miss)",
                 &["cache", "result"],
             ),
-            request_logs_dropped,
-            registry,
+            request_logs_dropped: r.single_counter(
+                "request_logs_dropped_total",
+                "Request log entries dropped: buffer full while PostgreSQL was away, or refused",
+            ),
+            registrar: r,
+        };
+        for status in [JobStatus::Queued, JobStatus::Running] {
+            metrics.jobs_open.with_label_values(&[status.as_str()]);
         }
+        metrics
+    }
+
+    /// Full names of every series this process exports.
+    pub fn names(&self) -> Vec<String> {
+        self.registrar.names()
     }
 
     /// Counts an execution a worker answered.
@@ -200,6 +183,25 @@ impl Metrics {
             Ok(n) => self.active_sessions.set(n),
             Err(err) => tracing::debug!(error = %err, "active sessions not counted"),
         }
+        // The partial index `jobs_open` keeps this to the unfinished jobs.
+        let open = sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, count(*) FROM jobs WHERE status IN ('queued', 'running')
+             GROUP BY status",
+        )
+        .fetch_all(db)
+        .await;
+        match open {
+            Ok(rows) => {
+                for status in [JobStatus::Queued, JobStatus::Running] {
+                    let n = rows
+                        .iter()
+                        .find(|(s, _)| s == status.as_str())
+                        .map_or(0, |(_, n)| *n);
+                    self.jobs_open.with_label_values(&[status.as_str()]).set(n);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "open jobs not counted"),
+        }
         for language in Language::ALL {
             if let Some(stats) = queue.consumer_stats(language).await {
                 let label = [language.as_str()];
@@ -227,9 +229,7 @@ impl Metrics {
                 .with_label_values(&label)
                 .set(i64::from(summary.busy));
         }
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        encode(self.registrar.registry())
     }
 
     /// Counts request log entries that will never be written.
@@ -245,9 +245,17 @@ impl Default for Metrics {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"))
+)]
 pub async fn serve(State(state): State<crate::AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.metrics.render(&state.runtimes),
     )
         .into_response()
@@ -270,5 +278,8 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .http_requests
         .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
         .inc();
+    if let Some(code) = response.extensions().get::<ErrorCode>() {
+        metrics.errors.with_label_values(&[code.as_str()]).inc();
+    }
     response
 }

@@ -9,12 +9,13 @@
 //! job. Bodies are signed: `X-Lambda-Signature: sha256=<hex HMAC-SHA256 of the
 //! body keyed with CALLBACK_SECRET>`.
 
+use crate::metrics::Metrics;
 use backoff::{future::retry, ExponentialBackoffBuilder};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use uuid::Uuid;
 
 /// Most callbacks claimed at once.
@@ -45,6 +46,7 @@ pub struct Callbacks {
     pub first_backoff: Duration,
     /// How long to keep trying one callback.
     pub give_up_after: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Callbacks {
@@ -90,6 +92,7 @@ impl Callbacks {
         })
         .await
         .is_ok();
+        self.metrics.callback_settled(delivered);
         let state = if delivered { "delivered" } else { "failed" };
         let settled = sqlx::query(
             "UPDATE jobs SET callback_state = $2, next_callback_at = NULL
@@ -140,6 +143,7 @@ impl Callbacks {
             )),
             Err(e) => Err((None, e.without_url().to_string())),
         };
+        self.metrics.callback_attempt(outcome.is_ok());
         let (status, error, delivered) = match &outcome {
             Ok(status) => (Some(*status as i32), None, true),
             Err((status, e)) => (status.map(i32::from), Some(e.clone()), false),

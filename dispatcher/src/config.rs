@@ -84,6 +84,10 @@ pub struct Config {
     #[arg(long, env = "CALLBACK_RETRY_SECONDS", default_value_t = 3600)]
     pub callback_retry_seconds: u64,
 
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
+    /// `127.0.0.1:9091`; unset, they are not served.
+    #[arg(long, env = "DISPATCHER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Days request and error logs are kept; older rows are deleted.
     #[arg(long, env = "REQUEST_LOG_RETENTION_DAYS", default_value_t = 7)]
     pub request_log_retention_days: u64,

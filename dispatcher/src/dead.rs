@@ -3,12 +3,16 @@
 //! API and re-drivable with `POST /api/v1/jobs/{job_id}/retry` — and their
 //! message is removed from the jobs stream.
 
-use crate::records::{self, Terminal};
+use crate::{
+    metrics::Metrics,
+    records::{self, Terminal},
+};
 use async_nats::jetstream;
 use schemas::{codec, Job, JobStatus, Language, Subjects};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The part of JetStream's max-deliveries advisory that matters here.
@@ -25,6 +29,7 @@ pub struct DeadLetters {
     pub js: jetstream::Context,
     pub client: async_nats::Client,
     pub subjects: Subjects,
+    pub metrics: Arc<Metrics>,
 }
 
 impl DeadLetters {
@@ -75,6 +80,8 @@ impl DeadLetters {
             execution_time_ms: None,
         };
         let finished = records::finish(&self.db, &[end]).await?;
+        self.metrics.finished(&finished);
+        self.metrics.buried(&finished);
         if !finished.is_empty() {
             tracing::warn!(job_id = %id, deliveries, "job is dead");
         }

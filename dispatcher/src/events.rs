@@ -6,12 +6,15 @@
 //! that goes away) loses nothing: the events are delivered again and the
 //! status guards make reapplying them harmless.
 
-use crate::records::{self, Terminal};
+use crate::{
+    metrics::Metrics,
+    records::{self, Terminal},
+};
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use schemas::{codec, JobEvent, Subjects};
 use sqlx::PgPool;
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use uuid::Uuid;
 
 /// When events that could not be recorded are delivered again.
@@ -26,6 +29,7 @@ pub struct EventRecorder {
     client: async_nats::Client,
     subjects: Subjects,
     batch: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl EventRecorder {
@@ -35,6 +39,7 @@ impl EventRecorder {
         client: async_nats::Client,
         subjects: Subjects,
         batch: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             consumer,
@@ -42,6 +47,7 @@ impl EventRecorder {
             client,
             subjects,
             batch: batch.max(1),
+            metrics,
         }
     }
 
@@ -141,20 +147,25 @@ impl EventRecorder {
             let (ids, rest): (Vec<Uuid>, Vec<(u32, String)>) = started.into_iter().unzip();
             let (attempts, workers): (Vec<i32>, Vec<String>) =
                 rest.into_iter().map(|(a, w)| (a as i32, w)).unzip();
-            sqlx::query(
+            let applied: Vec<(String, i32)> = sqlx::query_as(
                 "UPDATE jobs j SET status = 'running', attempts = GREATEST(j.attempts, t.attempt),
                         started_at = now(), updated_at = now(), worker_id = t.worker
                  FROM unnest($1::uuid[], $2::int[], $3::text[]) AS t(id, attempt, worker)
                  WHERE j.job_id = t.id AND j.status IN ('queued', 'running')
-                   AND j.attempts <= t.attempt",
+                   AND j.attempts <= t.attempt
+                 RETURNING j.language, t.attempt",
             )
             .bind(&ids)
             .bind(&attempts)
             .bind(&workers)
-            .execute(&self.db)
+            .fetch_all(&self.db)
             .await?;
+            for (language, _) in applied.iter().filter(|(_, attempt)| *attempt > 1) {
+                self.metrics.redelivered(language);
+            }
         }
         let finished = records::finish(&self.db, &ends).await?;
+        self.metrics.finished(&finished);
         records::publish(&self.client, &self.subjects, &finished).await;
         Ok(())
     }

@@ -11,6 +11,8 @@
 //! - [`submit`]: jobs producers publish straight onto `<prefix>.submit.<language_title>`.
 //! - [`reaper`]: removes sessions that expired longer ago than the retention,
 //!   the scripts nothing refers to any more, and request logs past their retention.
+//! - [`metrics`]: Prometheus series of all of the above, served at `/metrics`
+//!   on `DISPATCHER_METRICS_ADDR`.
 //!
 //! Build with [`App::build`], serve with [`App::run`]; every loop has a
 //! one-step function (`process_next`, `sweep_once`, `handle_advisory`) tests drive.
@@ -19,6 +21,7 @@ pub mod callbacks;
 pub mod config;
 pub mod dead;
 pub mod events;
+pub mod metrics;
 pub mod publish;
 pub mod reaper;
 pub mod records;
@@ -33,9 +36,10 @@ use async_nats::jetstream;
 use callbacks::Callbacks;
 use dead::DeadLetters;
 use events::EventRecorder;
-use schemas::Subjects;
+use metrics::Metrics;
+use schemas::{service::metrics::MetricsEndpoint, Subjects};
 use sqlx::{postgres::PgPoolOptions, PgPool};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use submit::Submissions;
 use sweeper::Sweeper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -50,6 +54,8 @@ pub struct App {
     js: jetstream::Context,
     subjects: Subjects,
     events: async_nats::jetstream::consumer::PullConsumer,
+    metrics: Arc<Metrics>,
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 impl App {
@@ -82,6 +88,14 @@ impl App {
         let subjects = Subjects::new(&config.nats_prefix);
         schemas::jetstream::ensure_jobs_stream(&js, &subjects).await?;
         let events = events::consumer(&js, &subjects).await?;
+        let metrics_endpoint = match config.metrics_addr {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(addr)
+                    .await
+                    .with_context(|| format!("binding DISPATCHER_METRICS_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             db,
@@ -89,12 +103,24 @@ impl App {
             js,
             subjects,
             events,
+            metrics: Arc::new(Metrics::new()),
+            metrics_endpoint,
         })
     }
 
     /// The database pool, for tests that drive one step at a time.
     pub fn db(&self) -> &PgPool {
         &self.db
+    }
+
+    /// This dispatcher's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The port `/metrics` is served on, when `metrics_addr` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_endpoint.as_ref().map(MetricsEndpoint::port)
     }
 
     /// The event recorder, for tests that drive one batch at a time.
@@ -105,6 +131,7 @@ impl App {
             self.client.clone(),
             self.subjects.clone(),
             self.config.events_batch,
+            Arc::clone(&self.metrics),
         )
     }
 
@@ -115,6 +142,7 @@ impl App {
             js: self.js.clone(),
             client: self.client.clone(),
             subjects: self.subjects.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -127,6 +155,7 @@ impl App {
             events: self.events.clone(),
             dead: self.dead_letters(),
             after: Duration::from_secs(self.config.sweep_after_seconds),
+            metrics: Arc::clone(&self.metrics),
             deferred_since: None,
         }
     }
@@ -146,6 +175,7 @@ impl App {
                 max_memory_mb: c.max_memory_mb,
             },
             callback_allow_private: c.callback_allow_private,
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -157,13 +187,18 @@ impl App {
             secret: self.config.callback_secret.clone().map(String::into_bytes),
             first_backoff: Duration::from_millis(self.config.callback_backoff_ms.max(1)),
             give_up_after: Duration::from_secs(self.config.callback_retry_seconds),
+            metrics: Arc::clone(&self.metrics),
         })
     }
 
     /// Runs every loop until `shutdown`, then waits (bounded) for them.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("dispatcher running");
         let tracker = TaskTracker::new();
+        if let Some(endpoint) = self.metrics_endpoint.take() {
+            let metrics = Arc::clone(&self.metrics);
+            tracker.spawn(endpoint.serve(move || metrics.render(), shutdown.clone()));
+        }
         tracker.spawn(tasks::record_events(
             self.event_recorder(),
             shutdown.clone(),

@@ -9,7 +9,7 @@
 
 mod resolve;
 
-use crate::publish;
+use crate::{metrics::Metrics, publish};
 use async_nats::{jetstream, Message};
 use backoff::{future::retry, ExponentialBackoffBuilder};
 use schemas::{
@@ -18,6 +18,7 @@ use schemas::{
     ErrorCode, LanguageTitle, Subjects,
 };
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -38,6 +39,7 @@ pub struct Submissions {
     pub subjects: Subjects,
     pub limits: Limits,
     pub callback_allow_private: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a submission was refused.
@@ -70,8 +72,12 @@ impl Submissions {
     /// refusal; replies if the message asks for it. Returns the reply.
     pub async fn handle(&self, message: &Message) -> SubmitReply {
         let reply = match self.accept_patiently(message).await {
-            Ok((job_id, status)) => SubmitReply::Accepted { job_id, status },
+            Ok((job_id, status)) => {
+                self.metrics.submission(None);
+                SubmitReply::Accepted { job_id, status }
+            }
             Err(refusal) => {
+                self.metrics.submission(Some(refusal.code));
                 self.record_refusal(message, &refusal).await;
                 SubmitReply::Refused {
                     error: SubmitError {

@@ -10,13 +10,14 @@
 //! is never idle still gets swept; a job republished while its result was on
 //! its way runs twice at worst, and only one result is committed.
 
-use crate::{dead::DeadLetters, publish};
+use crate::{dead::DeadLetters, metrics::Metrics, publish};
 use async_nats::jetstream::{
     self, consumer::PullConsumer, context::ConsumerInfoErrorKind, stream::LastRawMessageErrorKind,
 };
 use schemas::{codec, streams::Definitions, Job, Language, Subjects};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -39,6 +40,7 @@ pub struct Sweeper {
     pub events: PullConsumer,
     pub dead: DeadLetters,
     pub after: Duration,
+    pub metrics: Arc<Metrics>,
     /// Since when sweeps have waited for the events consumer to catch up.
     pub deferred_since: Option<std::time::Instant>,
 }
@@ -137,6 +139,7 @@ impl Sweeper {
         if !lost.is_empty() {
             swept.republished =
                 publish::republish(&self.db, &self.js, &self.subjects, &lost).await?;
+            self.metrics.republished(swept.republished);
             tracing::info!(
                 jobs = swept.republished,
                 "republished jobs whose message was gone"

@@ -16,7 +16,7 @@
 //!
 //! With the `jetstream` feature, [`jetstream`] creates those streams and consumers
 //! idempotently on a live server; with `service`, [`service`] holds the logging
-//! set-up and shutdown signal every binary shares.
+//! set-up, shutdown signal and metrics endpoint every binary shares.
 
 pub mod callback;
 pub mod codec;

@@ -1,4 +1,7 @@
-//! What every service binary does the same way: logging and the shutdown signal.
+//! What every service binary does the same way: logging, the shutdown signal
+//! and Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 /// Logs as JSON when stdout is not a terminal (human-readable when it is),
 /// filtered by `RUST_LOG` (default `info`). Every line is written through

@@ -5,6 +5,7 @@ use crate::{
     compile::CompileService,
     consumer::{self, JobRunner},
     heartbeat,
+    metrics::Metrics,
     runtime::{
         node::{NodeLauncher, NodeOptions},
         python::{PythonLauncher, PythonOptions},
@@ -17,7 +18,7 @@ use crate::{
 };
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::consumer::PullConsumer;
-use schemas::{Language, RuntimeStatus, Subjects};
+use schemas::{service::metrics::MetricsEndpoint, Language, RuntimeStatus, Subjects};
 use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,7 @@ pub struct App {
     compile: Option<CompileService>,
     heartbeat_interval: Duration,
     handle: AppHandle,
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 /// A cheap, cloneable view of a running [`App`], usable while it runs.
@@ -39,6 +41,7 @@ pub struct App {
 pub struct AppHandle {
     worker_id: Arc<str>,
     pools: Arc<[Pool]>,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -92,6 +95,15 @@ impl App {
         let js = async_nats::jetstream::new(client.clone());
         let subjects = Subjects::new(config.nats_prefix.clone());
         let worker_id: Arc<str> = config.worker_id.into();
+        let metrics = Arc::new(Metrics::new());
+        let metrics_endpoint = match config.metrics_addr {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(addr)
+                    .await
+                    .with_context(|| format!("binding WORKER_METRICS_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
         schemas::jetstream::ensure_events_stream(&js, &subjects).await?;
         let mut consumers = Vec::new();
         for pool in &pools {
@@ -104,7 +116,9 @@ impl App {
                 default_timeout: Duration::from_secs(config.runtime_timeout_seconds),
                 subjects: subjects.clone(),
                 cancels: Default::default(),
+                metrics: Arc::clone(&metrics),
             };
+            metrics.serve(pool.language());
             consumers.push((consumer, runner));
         }
         let compile = match wasm {
@@ -135,12 +149,19 @@ impl App {
             handle: AppHandle {
                 worker_id,
                 pools: pools.into(),
+                metrics,
             },
+            metrics_endpoint,
         })
     }
 
     pub fn worker_id(&self) -> &str {
         self.handle.worker_id()
+    }
+
+    /// The port `/metrics` is served on, when `metrics_addr` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_endpoint.as_ref().map(MetricsEndpoint::port)
     }
 
     /// A handle that stays usable while [`App::run`] runs.
@@ -153,6 +174,10 @@ impl App {
     /// last heartbeat and stops the runtimes.
     pub async fn run(self, shutdown: CancellationToken) {
         let subject = self.subjects.heartbeat();
+        let metrics_server = self.metrics_endpoint.map(|endpoint| {
+            let handle = self.handle.clone();
+            tokio::spawn(endpoint.serve(move || handle.metrics_text(), shutdown.clone()))
+        });
         let stop_heartbeats = CancellationToken::new();
         let heartbeats = tokio::spawn(heartbeat::run(
             self.client.clone(),
@@ -189,6 +214,9 @@ impl App {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "flushing NATS at shutdown");
         }
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
         tracing::info!("worker stopped");
     }
 }
@@ -196,6 +224,12 @@ impl App {
 impl AppHandle {
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// The Prometheus text exposition of this worker's metrics, as
+    /// `/metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&self.pools)
     }
 
     /// Process ids of the live runtime processes of `language`.

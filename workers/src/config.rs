@@ -141,6 +141,11 @@ pub struct Config {
     /// Interval between heartbeats, in milliseconds.
     #[arg(long, env = "WORKER_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u64,
+
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
+    /// `127.0.0.1:9092`; unset, they are not served.
+    #[arg(long, env = "WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -7,6 +7,7 @@
 
 use crate::{
     cancel::Cancellations,
+    metrics::{Kill, Metrics},
     runtime::{Execution, Invocation, Pool, Reservation},
 };
 use async_nats::jetstream::{
@@ -64,6 +65,15 @@ impl Disposition {
             Self::Term => AckKind::Term,
         }
     }
+
+    /// The kind of acknowledgement, as a metrics label.
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Retry { .. } => "nak",
+            Self::Term => "term",
+        }
+    }
 }
 
 /// Runs jobs of one language and answers them.
@@ -76,6 +86,7 @@ pub(crate) struct JobRunner {
     pub(crate) subjects: Subjects,
     /// Asynchronous jobs running here, and those cancelled before they came.
     pub(crate) cancels: Cancellations,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
@@ -117,7 +128,7 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
             let message = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    give_back_fetched(&mut messages).await;
+                    give_back_fetched(&mut messages, &runner).await;
                     break 'pull;
                 }
                 message = messages.next() => message,
@@ -135,8 +146,8 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
             let reservation = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    settle(&message, Disposition::Retry { after: Duration::ZERO }).await;
-                    give_back_fetched(&mut messages).await;
+                    runner.settle(&message, Disposition::Retry { after: Duration::ZERO }).await;
+                    give_back_fetched(&mut messages, &runner).await;
                     break 'pull;
                 }
                 reservation = with_progress(&message, runner.pool.reserve()) => reservation,
@@ -148,8 +159,10 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no instance for a job; it goes back");
-                    settle(&message, Disposition::Retry { after: RETRY_AFTER }).await;
-                    give_back_fetched(&mut messages).await;
+                    runner
+                        .settle(&message, Disposition::Retry { after: RETRY_AFTER })
+                        .await;
+                    give_back_fetched(&mut messages, &runner).await;
                     break 'pull;
                 }
             }
@@ -166,17 +179,14 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
 
 /// Hands the jobs fetched ahead back to JetStream at once, so that another
 /// worker takes them without waiting out their ack timers.
-async fn give_back_fetched(messages: &mut pull::Stream) {
+async fn give_back_fetched(messages: &mut pull::Stream, runner: &JobRunner) {
     while let Ok(Some(Ok(message))) =
         tokio::time::timeout(Duration::from_millis(20), messages.next()).await
     {
-        settle(
-            &message,
-            Disposition::Retry {
-                after: Duration::ZERO,
-            },
-        )
-        .await;
+        let now = Disposition::Retry {
+            after: Duration::ZERO,
+        };
+        runner.settle(&message, now).await;
     }
 }
 
@@ -196,7 +206,14 @@ impl JobRunner {
                 Disposition::Term
             }
         };
-        settle(&message, disposition).await;
+        self.settle(&message, disposition).await;
+    }
+
+    /// Acknowledges `message` as `disposition` says, and counts it.
+    async fn settle(&self, message: &jetstream::Message, disposition: Disposition) {
+        self.metrics
+            .settled(self.pool.language(), disposition.kind());
+        settle(message, disposition).await;
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %job.job_id))]
@@ -251,13 +268,17 @@ impl JobRunner {
                     Some(running) => tokio::select! {
                         outcome = run => outcome,
                         () = running.cancelled() => {
+                            self.metrics.killed(self.pool.language(), Kill::Cancelled);
                             tracing::debug!("cancelled while running; its instance is replaced");
                             return Disposition::Ack;
                         }
                     },
                 };
                 match outcome {
-                    Ok(execution) => job_result(job.job_id, execution),
+                    Ok(execution) => {
+                        self.metrics.executed(self.pool.language(), &execution);
+                        job_result(job.job_id, execution)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "job not run; it will be retried");
                         return Disposition::Retry { after: RETRY_AFTER };

@@ -8,6 +8,8 @@
 //! - `cancel`: stops or skips asynchronous jobs cancelled through the API.
 //! - `report`: started events and results of asynchronous jobs, for the dispatcher.
 //! - `heartbeat`: announces the worker's runtimes and load.
+//! - [`metrics`]: Prometheus series of executions and pools, served at
+//!   `/metrics` on `WORKER_METRICS_ADDR`.
 //! - [`runtime`]: the pool of warm instances, the Node.js runtime, and the
 //!   wasmtime engine that runs `wasm` and `rust` (compiled by `runtime::rust`).
 //! - [`sandbox`]: the OS sandbox every runtime process runs in.
@@ -19,6 +21,7 @@ mod compile;
 mod config;
 mod consumer;
 mod heartbeat;
+pub mod metrics;
 mod report;
 pub mod runtime;
 pub mod sandbox;

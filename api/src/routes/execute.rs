@@ -27,15 +27,19 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/execute/{request_id}", post(execute))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ExecuteBody {
+    /// The script's `params`: a JSON object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Box<RawValue>>,
 }
 
 /// `?async=true` asks for a job handle instead of the result.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ExecuteQuery {
+    /// `true` answers `202` with a job instead of the result.
     #[serde(default, rename = "async")]
     asynchronous: Option<String>,
 }
@@ -64,6 +68,33 @@ struct ExecuteResponse<'a> {
     result: &'a RawValue,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/execute/{request_id}",
+    tag = "execute",
+    summary = "Run a session's script with new params",
+    params(
+        ("request_id" = String, Path, description = "The session's id"),
+        ExecuteQuery,
+        ("Prefer" = Option<String>, Header, description = "`respond-async` answers `202` with a job"),
+        ("X-Cache-Control" = Option<String>, Header, description = "`no-cache` runs the script even when a result is cached; `max-age=N` accepts only a result cached less than N seconds ago"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Asynchronous only: a repeat within 24 h answers the first job"),
+        ("X-Callback-Url" = Option<String>, Header, description = "Asynchronous only: where the terminal job record is POSTed"),
+    ),
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "The script's result (or, asynchronous, the first job of a repeated Idempotency-Key)", body = super::openapi::bodies::ExecuteResult),
+        (status = 202, description = "Asynchronous: the job", body = super::openapi::bodies::JobAccepted,
+            headers(("Location" = String, description = "/api/v1/jobs/{job_id}"))),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PARAMS", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such session, or it expired", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over MAX_BODY_SIZE", body = super::openapi::ErrorBody),
+        (status = 500, description = "RUNTIME_ERROR: the script threw (name, message, line, stack in details)", body = super::openapi::ErrorBody),
+        (status = 503, description = "No worker serves the language now (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 504, description = "The script or the wait ran past its timeout", body = super::openapi::ErrorBody),
+        (status = 507, description = "The script exhausted its memory limit", body = super::openapi::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(request_id = %request_id))]
 async fn execute(
     State(state): State<AppState>,

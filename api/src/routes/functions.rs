@@ -24,12 +24,17 @@ pub(super) fn router() -> Router<AppState> {
         .route("/functions/{language_title}", get(detail))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// nodejs, python, rust or wasm.
     language: Option<String>,
+    /// predefined or dynamic.
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// From 1.
     page: Option<u32>,
+    /// 1 to 100, default 20.
     per_page: Option<u32>,
 }
 
@@ -46,6 +51,18 @@ struct FunctionSummary {
     updated_at: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions",
+    operation_id = "list_functions",
+    tag = "functions",
+    summary = "The predefined functions and the caller's registered ones",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of functions", body = super::openapi::bodies::FunctionList),
+        (status = 400, description = "A bad query", body = super::openapi::ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,6 +122,18 @@ struct FunctionRow {
     examples: Option<Value>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{language_title}",
+    operation_id = "get_function",
+    tag = "functions",
+    summary = "One function, with its script",
+    params(("language_title" = String, Path, example = "nodejs-calculator")),
+    responses(
+        (status = 200, description = "The function", body = super::openapi::bodies::FunctionDetail),
+        (status = 404, description = "Nothing registered under that Language-Title", body = super::openapi::ErrorBody),
+    )
+)]
 async fn detail(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,6 +11,16 @@ pub(super) fn router() -> Router<AppState> {
 
 /// 200 while PostgreSQL and NATS answer (Redis and runtimes may be degraded),
 /// 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Able to serve (status ok or degraded)", body = super::openapi::bodies::Health),
+        (status = 503, description = "PostgreSQL or NATS is unreachable", body = super::openapi::bodies::Health),
+    )
+)]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = tokio::time::timeout(
         Duration::from_secs(2),

@@ -56,6 +56,26 @@ pub(super) async fn accept(state: &AppState, job: NewJob) -> ApiResult<Response>
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    summary = "Submit one job",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "A repeat within 24 h answers the first job (200)"),
+        ("X-Callback-Url" = Option<String>, Header, description = "Where the terminal job record is POSTed"),
+    ),
+    request_body = JobSpec,
+    responses(
+        (status = 202, description = "The job", body = super::openapi::bodies::JobAccepted,
+            headers(("Location" = String, description = "/api/v1/jobs/{job_id}"))),
+        (status = 200, description = "The first job of this Idempotency-Key", body = super::openapi::bodies::JobRecord),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PARAMS", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such session or function", body = super::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable", body = super::openapi::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 async fn submit(
     State(state): State<AppState>,
@@ -69,11 +89,26 @@ async fn submit(
     accept(&state, job).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct BatchBody {
+    /// At most 10,000.
+    #[schema(value_type = Vec<JobSpec>)]
     jobs: Vec<Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/batch",
+    tag = "jobs",
+    summary = "Submit up to 10,000 jobs at once",
+    params(("X-Callback-Url" = Option<String>, Header, description = "Callback of the jobs that name none")),
+    request_body = BatchBody,
+    responses(
+        (status = 202, description = "The accepted jobs and the rejected items", body = super::openapi::bodies::BatchAccepted),
+        (status = 400, description = "No job of the batch is valid (rejected items in details)", body = super::openapi::ErrorBody),
+        (status = 413, description = "More than 10,000 jobs", body = super::openapi::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(jobs))]
 async fn submit_batch(
     State(state): State<AppState>,
@@ -139,6 +174,18 @@ async fn submit_batch(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{job_id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    summary = "A job",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "The job", body = super::openapi::bodies::JobRecord),
+        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -151,14 +198,28 @@ async fn show(
         .ok_or_else(|| ApiError::not_found(format!("job {job_id} not found")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     batch_id: Option<Uuid>,
+    /// queued, running, succeeded, failed, timed_out, cancelled or dead.
     status: Option<String>,
     page: Option<i64>,
     per_page: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    summary = "Jobs, by batch and status",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs (per_page at most 1000, default 100)", body = super::openapi::bodies::JobList),
+        (status = 400, description = "A bad query", body = super::openapi::ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -197,6 +258,18 @@ async fn list(
 
 /// Cancels a queued or running job (workers skip or stop it) and answers
 /// with its record; a finished job is left as it is.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{job_id}",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    summary = "Cancel a job",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "The job's record (a finished job unchanged)", body = super::openapi::bodies::JobRecord),
+        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -230,6 +303,20 @@ async fn cancel(
 }
 
 /// Puts a dead job back in the queue.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/retry",
+    operation_id = "retry_job",
+    tag = "jobs",
+    summary = "Re-drive a dead job",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 202, description = "The job, queued again", body = super::openapi::bodies::JobAccepted,
+            headers(("Location" = String, description = "/api/v1/jobs/{job_id}"))),
+        (status = 400, description = "The job is not dead", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+    )
+)]
 async fn retry(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,6 +4,7 @@ mod execute;
 mod functions;
 mod health;
 mod jobs;
+mod openapi;
 mod sessions;
 
 use crate::{error::ApiError, AppState};
@@ -19,6 +20,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .route("/metrics", axum::routing::get(crate::metrics::serve))
+        .merge(openapi::router())
         .nest(
             "/api/v1",
             Router::new()

@@ -34,14 +34,33 @@ pub(super) fn router() -> Router<AppState> {
         .route("/sessions/{request_id}", get(get_session))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InitializeBody {
+    /// Passed to the script; `timeout_ms`, `memory_mb`, `retain_session`
+    /// and `compile_options` (Rust) set the session's limits.
     #[serde(default)]
     context: Option<Value>,
+    /// The script; may be omitted when the Language-Title is registered.
     #[serde(default)]
     script_content: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/initialize",
+    tag = "sessions",
+    summary = "Register a script and open a session",
+    params(("Language-Title" = String, Header, example = "nodejs-calculator",
+        description = "`<language>-<title>`: language nodejs, python, rust or wasm; title [A-Za-z0-9_-]{1,64}")),
+    request_body = InitializeBody,
+    responses(
+        (status = 200, description = "The session", body = super::openapi::bodies::Initialized),
+        (status = 400, description = "INVALID_REQUEST (header, body, context) or COMPILE_ERROR (diagnostics in details)", body = super::openapi::ErrorBody),
+        (status = 404, description = "Unknown language, or nothing registered under that Language-Title", body = super::openapi::ErrorBody),
+        (status = 413, description = "Script over MAX_SCRIPT_SIZE or body over MAX_BODY_SIZE", body = super::openapi::ErrorBody),
+        (status = 503, description = "No worker compiled the script, or the database is unavailable", body = super::openapi::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(language_title))]
 async fn initialize(
     State(state): State<AppState>,
@@ -307,6 +326,17 @@ struct SessionStatusRow {
     last_executed_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{request_id}",
+    tag = "sessions",
+    summary = "A session's status",
+    params(("request_id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session", body = super::openapi::bodies::SessionStatus),
+        (status = 404, description = "No such session", body = super::openapi::ErrorBody),
+    )
+)]
 async fn get_session(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)] // test modules share helpers through `pub`
 
 mod auth;
+mod dashboard;
 mod errors;
 mod execution;
 mod functions;
@@ -11,6 +12,7 @@ mod job_faults;
 mod jobs;
 mod limits;
 mod metrics;
+mod openapi;
 mod python;
 mod request_logs;
 mod resilience;

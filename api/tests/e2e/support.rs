@@ -100,6 +100,10 @@ pub struct Stack {
     pub worker: Option<workers::AppHandle>,
     pub database_url: String,
     pub prefix: String,
+    /// Where the dispatcher serves `/metrics`.
+    pub dispatcher_metrics: String,
+    /// Where the worker serves `/metrics` (when there is one).
+    pub worker_metrics: Option<String>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     db_name: String,
@@ -170,18 +174,21 @@ impl Stack {
         dconfig.sweep_after_seconds = 5;
         dconfig.sweep_interval_ms = 1000;
         dconfig.nats_prefix = prefix.clone();
+        dconfig.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         dconfig.session_retention_seconds = options.session_retention_seconds;
         dconfig.reap_interval_seconds = options.reap_interval_seconds;
         let dispatcher_config = dconfig.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await
             .expect("dispatcher starts");
+        let dispatcher_metrics = metrics_url(dispatcher.metrics_port());
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             dispatcher.run(token).await.expect("dispatcher runs")
         }));
 
         let mut worker = None;
+        let mut worker_metrics = None;
         let mut worker_config = None;
         if options.worker {
             let mut wconfig = workers::Config::from_env();
@@ -193,8 +200,10 @@ impl Stack {
             wconfig.wasm_concurrency = 2;
             wconfig.heartbeat_ms = 200;
             wconfig.worker_id = format!("test-{prefix}");
+            wconfig.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
             worker_config = Some(wconfig.clone());
             let app = workers::App::build(wconfig).await.expect("worker starts");
+            worker_metrics = Some(metrics_url(app.metrics_port()));
             worker = Some(app.handle());
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move { app.run(token).await }));
@@ -209,6 +218,8 @@ impl Stack {
             worker,
             database_url,
             prefix,
+            dispatcher_metrics,
+            worker_metrics,
             shutdown,
             tasks,
             db_name,
@@ -421,6 +432,14 @@ impl Stack {
         let _ = js.delete_stream(subjects.jobs_stream()).await;
         let _ = js.delete_stream(subjects.events_stream()).await;
     }
+}
+
+/// The `/metrics` URL of a process serving metrics on `port`.
+fn metrics_url(port: Option<u16>) -> String {
+    format!(
+        "http://127.0.0.1:{}/metrics",
+        port.expect("metrics are served")
+    )
 }
 
 /// The HMAC secret of the stack's tokens.

@@ -16,7 +16,7 @@ pub mod python;
 pub mod rust;
 pub mod wasm;
 
-pub use pool::{Pool, PoolPolicy, Reservation};
+pub use pool::{Pool, PoolPolicy, PoolStats, Reservation};
 
 use futures::future::BoxFuture;
 use schemas::{ErrorCode, JobError, Language};

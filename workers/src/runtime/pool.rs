@@ -51,6 +51,40 @@ impl PoolPolicy {
     }
 }
 
+/// What a pool did since it started: instances started, and instances
+/// stopped by why they were stopped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Instances started: prewarmed, on demand, or replacing others.
+    pub started: u64,
+    /// Stopped after running `max_uses` jobs.
+    pub recycled: u64,
+    /// Stopped because they broke or were killed (a timeout, the memory
+    /// limit, a job cut short).
+    pub replaced: u64,
+    /// Stopped because the next job was another owner's.
+    pub owner_changed: u64,
+    /// Stopped after `idle_timeout` without work.
+    pub idle: u64,
+    /// Stopped at once when warmed, because the pool already kept as many
+    /// as it has slots (a replacement that lost the race to an on-demand start).
+    pub surplus: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    recycled: AtomicU64,
+    replaced: AtomicU64,
+    owner_changed: AtomicU64,
+    idle: AtomicU64,
+    surplus: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
 /// Warm instances of one language; cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
@@ -65,6 +99,7 @@ struct Inner {
     busy: AtomicUsize,
     pids: Mutex<BTreeMap<u64, u32>>,
     next_member: AtomicU64,
+    counters: Counters,
     background: TaskTracker,
     closing: CancellationToken,
 }
@@ -98,6 +133,7 @@ impl Pool {
                 busy: AtomicUsize::new(0),
                 pids: Mutex::default(),
                 next_member: AtomicU64::new(0),
+                counters: Counters::default(),
                 background: TaskTracker::new(),
                 closing: CancellationToken::new(),
             }),
@@ -132,6 +168,20 @@ impl Pool {
     /// How many warm instances wait for a job.
     pub fn warm(&self) -> usize {
         lock(&self.inner.idle).len()
+    }
+
+    /// Instances started and stopped so far.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.inner.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        PoolStats {
+            started: read(&c.started),
+            recycled: read(&c.recycled),
+            replaced: read(&c.replaced),
+            owner_changed: read(&c.owner_changed),
+            idle: read(&c.idle),
+            surplus: read(&c.surplus),
+        }
     }
 
     /// Waits until a slot is free and reserves it.
@@ -173,6 +223,7 @@ impl Pool {
 
     async fn launch_member(&self) -> Result<Member, LaunchError> {
         let instance = self.inner.launcher.launch().await?;
+        bump(&self.inner.counters.started, 1);
         let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
         if let Some(pid) = instance.pid() {
             lock(&self.inner.pids).insert(id, pid);
@@ -218,8 +269,12 @@ impl Pool {
     /// already keeps as many as it has slots.
     fn put_back(&self, member: Member) {
         let mut idle = lock(&self.inner.idle);
-        if self.inner.closing.is_cancelled() || idle.len() + self.busy() >= self.capacity() {
+        let closing = self.inner.closing.is_cancelled();
+        if closing || idle.len() + self.busy() >= self.capacity() {
             drop(idle);
+            if !closing {
+                bump(&self.inner.counters.surplus, 1);
+            }
             // Dropping kills the process (`kill_on_drop`).
             drop(self.retire(member));
             return;
@@ -281,6 +336,7 @@ impl Pool {
                     *idle = keep;
                     old
                 };
+                bump(&pool.inner.counters.idle, expired.len() as u64);
                 if !expired.is_empty() {
                     tracing::info!(language = %pool.language(), stopped = expired.len(), "stopping idle runtimes");
                 }
@@ -311,11 +367,13 @@ impl Reservation {
             pool: pool.clone(),
             member: None,
             reusable: false,
+            worn_out: false,
             _permit: permit,
         };
         let mut member = match pool.take_idle(&invocation.owner) {
             Some(Ok(member)) => member,
             Some(Err(other_owner)) => {
+                bump(&pool.inner.counters.owner_changed, 1);
                 pool.stop_later(other_owner);
                 pool.launch_member()
                     .await
@@ -334,7 +392,9 @@ impl Reservation {
         let elapsed = started.elapsed();
         let member = lease.member.as_mut().expect("leased");
         member.last_used = Instant::now();
-        lease.reusable = report.reusable && member.uses < pool.inner.policy.max_uses;
+        let worn_out = member.uses >= pool.inner.policy.max_uses;
+        lease.reusable = report.reusable && !worn_out;
+        lease.worn_out = report.reusable && worn_out;
         Ok(Execution {
             outcome: report.outcome,
             logs: report.logs,
@@ -350,6 +410,8 @@ struct Lease {
     pool: Pool,
     member: Option<Member>,
     reusable: bool,
+    /// Fine, but it ran `max_uses` jobs.
+    worn_out: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -357,9 +419,18 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.pool.inner.busy.fetch_sub(1, Ordering::Relaxed);
         if let Some(member) = self.member.take() {
+            let counters = &self.pool.inner.counters;
             if self.reusable {
                 self.pool.put_back(member);
             } else {
+                bump(
+                    if self.worn_out {
+                        &counters.recycled
+                    } else {
+                        &counters.replaced
+                    },
+                    1,
+                );
                 self.pool.replace(member);
             }
         }

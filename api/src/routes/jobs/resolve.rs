@@ -17,17 +17,26 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// One job as a caller describes it.
-#[derive(Debug, Deserialize)]
+/// One job as a caller describes it: a session (`request_id`) or a
+/// registered function (`language_title`), plus params.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct JobSpec {
+    /// A session's id (or give `language_title`).
     #[serde(default)]
     request_id: Option<String>,
+    /// A registered function (or give `request_id`).
     #[serde(default)]
+    #[schema(example = "nodejs-calculator")]
     language_title: Option<String>,
+    /// The script's `params`: a JSON object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
+    /// With `language_title`: the context (`timeout_ms`, `memory_mb`, …).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     context: Option<Value>,
+    /// Where the terminal job record is POSTed (`X-Callback-Url` otherwise).
     #[serde(default)]
     callback_url: Option<String>,
 }
