@@ -147,7 +147,10 @@ impl std::fmt::Display for Lang {
 pub fn params(n: u64, same: bool) -> (serde_json::Value, u64) {
     const SAME_A: u64 = 41;
     let a = if same { SAME_A } else { n };
-    (serde_json::json!({ "a": a, "b": 1, "run": run_id() }), a + 1)
+    (
+        serde_json::json!({ "a": a, "b": 1, "run": run_id() }),
+        a + 1,
+    )
 }
 
 /// This process's run, distinct from every earlier one.
@@ -184,7 +187,10 @@ mod tests {
     #[test]
     fn params_are_distinct_unless_the_cache_is_measured() {
         let (seven, expected) = params(7, false);
-        assert_eq!((&seven["a"], &seven["b"], expected), (&json!(7), &json!(1), 8));
+        assert_eq!(
+            (&seven["a"], &seven["b"], expected),
+            (&json!(7), &json!(1), 8)
+        );
         assert!(seven["run"].as_u64().is_some_and(|run| run > 0));
         assert_ne!(params(7, false).0, params(8, false).0);
         assert_eq!(params(7, true), params(8, true));
