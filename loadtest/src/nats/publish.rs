@@ -122,7 +122,7 @@ mod tests {
         let (job_id, payload, expected) = submission(5, false, None);
         let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
         assert_eq!(request.job_id, Some(job_id));
-        assert_eq!(request.params, Some(serde_json::json!({"a": 5, "b": 1})));
+        assert_eq!(Some(script::params(5, false).0), request.params);
         assert_eq!(request.request_id, None);
         assert_eq!(request.script_content, None);
         assert_eq!(expected, 6);
@@ -132,6 +132,6 @@ mod tests {
         let (_, payload, _) = submission(5, true, Some(session));
         let request: SubmitRequest = serde_json::from_slice(&payload).unwrap();
         assert_eq!(request.request_id, Some(session));
-        assert_eq!(request.params, Some(serde_json::json!({"a": 41, "b": 1})));
+        assert_eq!(Some(script::params(5, true).0), request.params);
     }
 }
