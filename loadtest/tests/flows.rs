@@ -57,6 +57,9 @@ impl Stack {
         config.redis_url = Some(env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379"));
         config.nats_url = nats_url();
         config.nats_prefix = prefix.clone();
+        // As the local start runs it, which the load generator is aimed at.
+        config.auth_disabled = true;
+        config.rate_limit_disabled = true;
         let app = api::App::build(config).await.expect("api starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let token = shutdown.clone();
