@@ -1,9 +1,9 @@
 //! Pulls the jobs of one language from JetStream, runs them on that
 //! language's pool and answers them.
 //!
-//! Backpressure: about one job per instance is fetched ahead; a fetched job
-//! waits for an instance with its ack timer kept alive, and jobs fetched
-//! ahead go straight back to JetStream when the worker stops.
+//! Backpressure: at most about one job per instance is fetched ahead; a
+//! fetched job waits for an instance with its ack timer kept alive, and jobs
+//! fetched ahead go straight back to JetStream when the worker stops.
 
 use crate::{
     cancel::Cancellations,
@@ -23,11 +23,9 @@ use std::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// How long one pull request of the stream stays open on the server.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Heartbeats of an open pull request: missing ones reveal a lost request
-/// (a server restart) and the stream asks again.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long one pull request waits for jobs on the server; also the longest
+/// an idle loop takes to notice a shutdown.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Pause before opening the pull stream again after it failed.
 const PULL_RETRY: Duration = Duration::from_secs(1);
 /// Ack progress this often, well within the consumer's 30 s `ack_wait`.
@@ -91,10 +89,12 @@ pub(crate) struct JobRunner {
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
 ///
-/// Jobs come on one long-lived pull stream that keeps about one job per
-/// instance fetched ahead, so a freed instance starts its next job without a
-/// round trip to the server. A job fetched ahead keeps its ack timer alive
-/// (progress) while it waits for an instance.
+/// Jobs come in pull batches of about one job per instance, fetched while
+/// the previous batch's jobs run, so a freed instance mostly finds its next
+/// job already here instead of waiting for a round trip to the server. A job
+/// fetched ahead keeps its ack timer alive (progress) while it waits for an
+/// instance. Each batch ends by itself (expiry, with a client-side deadline
+/// behind it), so a server restart never leaves the loop waiting.
 pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: CancellationToken) {
     let followed = runner
         .cancels
@@ -108,10 +108,9 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
     let prefetch = runner.pool.capacity().max(1);
     'pull: while !shutdown.is_cancelled() {
         let messages = consumer
-            .stream()
-            .max_messages_per_batch(prefetch)
+            .batch()
+            .max_messages(prefetch)
             .expires(PULL_EXPIRES)
-            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await;
         let mut messages = match messages {
@@ -136,10 +135,9 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
             let message = match message {
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
-                    // Missed heartbeats, a reconnect: the stream asks again.
-                    tracing::debug!(error = %e, "pulling jobs");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    tracing::debug!(error = %e, "pulling jobs; pulling again");
+                    give_back_fetched(&mut messages, &runner).await;
+                    continue 'pull;
                 }
                 None => continue 'pull,
             };
@@ -179,7 +177,7 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
 
 /// Hands the jobs fetched ahead back to JetStream at once, so that another
 /// worker takes them without waiting out their ack timers.
-async fn give_back_fetched(messages: &mut pull::Stream, runner: &JobRunner) {
+async fn give_back_fetched(messages: &mut pull::Batch, runner: &JobRunner) {
     while let Ok(Some(Ok(message))) =
         tokio::time::timeout(Duration::from_millis(20), messages.next()).await
     {
