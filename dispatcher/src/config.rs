@@ -88,9 +88,16 @@ pub struct Config {
     /// `127.0.0.1:9091`; unset, they are not served.
     #[arg(long, env = "DISPATCHER_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Days request and error logs are kept; older rows are deleted.
     #[arg(long, env = "REQUEST_LOG_RETENTION_DAYS", default_value_t = 7)]
     pub request_log_retention_days: u64,
+
+    /// The owner of jobs published straight onto NATS: they run that owner's
+    /// sessions and functions, and that owner (a JWT `sub` or an API key's
+    /// owner) reads them over REST.
+    #[arg(long, env = "SUBMIT_OWNER", default_value = "anonymous")]
+    pub submit_owner: String,
 }
 
 impl Config {

@@ -175,6 +175,7 @@ impl App {
                 max_memory_mb: c.max_memory_mb,
             },
             callback_allow_private: c.callback_allow_private,
+            owner: c.submit_owner.clone(),
             metrics: Arc::clone(&self.metrics),
         }
     }

@@ -39,6 +39,8 @@ pub struct Submissions {
     pub subjects: Subjects,
     pub limits: Limits,
     pub callback_allow_private: bool,
+    /// Whose jobs, sessions and functions direct submissions are (`SUBMIT_OWNER`).
+    pub owner: String,
     pub metrics: Arc<Metrics>,
 }
 

@@ -493,3 +493,47 @@ async fn the_terminal_record_is_posted_to_the_callback_url() {
     server.abort();
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn jobs_published_on_nats_belong_to_the_submit_owner() {
+    let stack = Stack::start().await;
+    // Registered by the default caller, who is also SUBMIT_OWNER here.
+    stack
+        .session("nodejs-double", "return event.params.n * 2;")
+        .await;
+    let nats = async_nats::connect(crate::support::nats_url())
+        .await
+        .unwrap();
+    let subject = schemas::Subjects::new(&stack.prefix).submit("nodejs-double");
+    let reply = nats
+        .request(subject, json!({"params": {"n": 21}}).to_string().into())
+        .await
+        .expect("the dispatcher answers");
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["status"], "queued", "{reply}");
+    let job_id = reply["job_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let (status, job) = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+        assert_eq!(status, StatusCode::OK, "its owner reads it: {job}");
+        if job["status"] == "succeeded" {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["result"], 42);
+    let other = crate::support::client(Some(stack.token("bob", &["execute:all"])));
+    let status = other
+        .get(stack.url(&format!("/api/v1/jobs/{job_id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another owner does not see it"
+    );
+    stack.stop().await;
+}

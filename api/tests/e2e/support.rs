@@ -63,6 +63,8 @@ pub struct Options {
     pub jwt_audience: Vec<String>,
     /// How long a looked-up API key is trusted (`AUTH_API_KEY_CACHE_SECONDS`).
     pub api_key_cache_seconds: u64,
+    /// `SUBMIT_OWNER` of the dispatcher: whose direct NATS submissions are.
+    pub submit_owner: String,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             jwt_public_key: None,
             jwt_audience: Vec::new(),
             api_key_cache_seconds: 10,
+            submit_owner: TESTER.to_owned(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Stack {
         dconfig.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         dconfig.session_retention_seconds = options.session_retention_seconds;
         dconfig.reap_interval_seconds = options.reap_interval_seconds;
+        dconfig.submit_owner = options.submit_owner.clone();
         let dispatcher_config = dconfig.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await

@@ -7,9 +7,6 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// The owner of submissions until producers authenticate.
-const OWNER: &str = "anonymous";
-
 /// Limits of a job whose context names none, and the largest allowed.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -70,9 +67,10 @@ impl Submissions {
             (Some(id), None) => {
                 let session: Option<(String, String, String, i64, i32)> = sqlx::query_as(
                     "SELECT language_title, script_hash, context::text, timeout_ms, memory_mb FROM sessions
-                     WHERE request_id = $1 AND expires_at > now()",
+                     WHERE request_id = $1 AND owner = $2 AND expires_at > now()",
                 )
                 .bind(id)
+                .bind(&self.owner)
                 .fetch_optional(&self.db)
                 .await?;
                 let (lt, hash, context, timeout, memory) = session.ok_or_else(|| {
@@ -116,7 +114,7 @@ impl Submissions {
         };
         Ok(Submission {
             job_id,
-            owner: OWNER.to_owned(),
+            owner: self.owner.clone(),
             request_id,
             language: title.language.as_str().to_owned(),
             language_title,
@@ -154,7 +152,7 @@ impl Submissions {
              ON CONFLICT (owner, language_title)
              DO UPDATE SET script_hash = EXCLUDED.script_hash, updated_at = now()",
         )
-        .bind(OWNER)
+        .bind(&self.owner)
         .bind(title.to_string())
         .bind(title.language.as_str())
         .bind(&title.title)
@@ -171,7 +169,7 @@ impl Submissions {
              ORDER BY owner DESC LIMIT 1",
         )
         .bind(language_title)
-        .bind(OWNER)
+        .bind(&self.owner)
         .fetch_optional(&self.db)
         .await?;
         hash.ok_or_else(|| {
