@@ -141,17 +141,7 @@ async fn fire_and_forget_submissions_wait_out_a_postgresql_outage() {
     let h = Harness::on(support::nats_url(), pg.admin_url()).await;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(h.app().await.run(shutdown.clone()));
-    support::eventually(
-        "the dispatcher to subscribe",
-        Duration::from_secs(10),
-        || async {
-            h.client
-                .request(h.subjects.submit("nodejs-x"), "{".into())
-                .await
-                .is_ok()
-        },
-    )
-    .await;
+    h.until_submissions_answered().await;
     // A burst published without a reply subject, half of it while
     // PostgreSQL is down: nobody could be told to submit again.
     let publish = |from: i64, to: i64| {

@@ -26,18 +26,7 @@ async fn submissions_are_stored_published_deduplicated_and_refusals_recorded() {
     let h = Harness::new().await;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(h.app().await.run(shutdown.clone()));
-    // Wait until the dispatcher's subscription answers.
-    support::eventually(
-        "the dispatcher to subscribe",
-        Duration::from_secs(10),
-        || async {
-            h.client
-                .request(h.subjects.submit("nodejs-x"), "{".into())
-                .await
-                .is_ok()
-        },
-    )
-    .await;
+    h.until_submissions_answered().await;
 
     let json_body = json!({"params": {"n": 21}}).to_string().into_bytes();
     let mut headers = HeaderMap::new();

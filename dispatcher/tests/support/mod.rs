@@ -152,6 +152,22 @@ impl Harness {
         stream.info().await.unwrap().state.messages
     }
 
+    /// Waits until a running dispatcher answers submissions (an invalid one
+    /// is answered, and recorded as refused).
+    pub async fn until_submissions_answered(&self) {
+        eventually(
+            "the dispatcher to subscribe",
+            Duration::from_secs(10),
+            || async {
+                self.client
+                    .request(self.subjects.submit("nodejs-x"), "{".into())
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
+
     /// Removes the database and the streams.
     pub async fn stop(self) {
         self.db.close().await;
