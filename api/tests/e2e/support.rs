@@ -63,8 +63,9 @@ pub struct Options {
     pub jwt_audience: Vec<String>,
     /// How long a looked-up API key is trusted (`AUTH_API_KEY_CACHE_SECONDS`).
     pub api_key_cache_seconds: u64,
-    /// `SUBMIT_OWNER` of the dispatcher: whose direct NATS submissions are.
-    pub submit_owner: String,
+    /// `SUBMIT_OWNER` of the dispatcher, whose direct NATS submissions are;
+    /// `None`: the default caller's (`tester`, or `anonymous` with auth off).
+    pub submit_owner: Option<String>,
 }
 
 impl Default for Options {
@@ -92,7 +93,7 @@ impl Default for Options {
             jwt_public_key: None,
             jwt_audience: Vec::new(),
             api_key_cache_seconds: 10,
-            submit_owner: TESTER.to_owned(),
+            submit_owner: None,
         }
     }
 }
@@ -180,7 +181,14 @@ impl Stack {
         dconfig.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         dconfig.session_retention_seconds = options.session_retention_seconds;
         dconfig.reap_interval_seconds = options.reap_interval_seconds;
-        dconfig.submit_owner = options.submit_owner.clone();
+        dconfig.submit_owner = options.submit_owner.clone().unwrap_or_else(|| {
+            let owner = if options.auth_disabled {
+                api::OWNER_ANONYMOUS
+            } else {
+                TESTER
+            };
+            owner.to_owned()
+        });
         let dispatcher_config = dconfig.clone();
         let dispatcher = dispatcher::App::build(dconfig)
             .await
