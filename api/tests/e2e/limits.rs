@@ -1,11 +1,10 @@
 //! Rate limits (token buckets per caller and route class) and the result cache.
 
-use crate::support::{assert_error, Options, Stack, ADD};
+use crate::support::{assert_error, free_port, Options, PrivateRedis, Stack, ADD};
 use reqwest::{header::HeaderMap, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use std::{
-    net::{IpAddr, TcpListener},
-    process::Stdio,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -230,56 +229,6 @@ async fn a_batch_costs_a_token_per_job_and_at_most_a_full_bucket() {
     let (status, _, _) = send(batch(&other, 1)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     stack.stop().await;
-}
-
-/// A private redis-server on a free loopback port, killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let redis = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(redis);
-        panic!("private redis did not start");
-    }
-
-    fn stop(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

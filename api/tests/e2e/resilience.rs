@@ -1,9 +1,9 @@
 //! The system keeps serving when parts of it fail.
 
-use crate::support::{Options, Stack, ADD};
+use crate::support::{Options, PrivateRedis, Stack, ADD};
 use reqwest::StatusCode;
 use serde_json::json;
-use std::{net::TcpListener, process::Stdio, time::Duration};
+use std::time::Duration;
 
 #[tokio::test]
 async fn a_runtime_killed_mid_job_fails_that_job_and_the_pool_recovers() {
@@ -56,55 +56,6 @@ async fn a_runtime_killed_mid_job_fails_that_job_and_the_pool_recovers() {
     stack.stop().await;
 }
 
-/// A private redis-server on a free loopback port, killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let redis = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(redis);
-        panic!("private redis did not start");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn execution_goes_on_when_redis_stops() {
     let mut redis = PrivateRedis::start();
@@ -117,8 +68,7 @@ async fn execution_goes_on_when_redis_stops() {
     let (s, b) = stack.execute(&before, json!({"a": 1, "b": 2})).await;
     assert_eq!((s, &b["result"]), (StatusCode::OK, &json!(3)), "{b}");
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
     let health = stack
         .wait_for("redis to be reported down", |h| {
             h["components"]["redis"] == "unavailable"
