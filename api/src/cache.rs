@@ -3,8 +3,14 @@
 //! Redis is an accelerator, never a dependency: every operation is bounded by
 //! a short timeout and a failure is logged and treated as a miss, so requests
 //! keep being served from PostgreSQL while Redis is away.
+//!
+//! Every request shares one multiplexed Redis connection (commands from all
+//! requests are pipelined on it). The deadpool pool only makes and checks
+//! that connection: checking a pooled connection out costs an `UNWATCH` and
+//! a `PING` each time, which tripled the round trips of a cache lookup.
 
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use redis::aio::MultiplexedConnection;
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -16,7 +22,7 @@ const LOCAL_CAPACITY: usize = 10_000;
 
 /// A byte cache with per-entry expiry.
 pub enum Cache {
-    Redis(deadpool_redis::Pool),
+    Redis(Redis),
     Local(Mutex<HashMap<String, (Vec<u8>, Instant)>>),
 }
 
@@ -44,16 +50,19 @@ impl Cache {
             },
             ..PoolConfig::default()
         });
-        Ok(Self::Redis(config.create_pool(Some(Runtime::Tokio1))?))
+        Ok(Self::Redis(Redis {
+            pool: config.create_pool(Some(Runtime::Tokio1))?,
+            shared: Mutex::new(None),
+        }))
     }
 
     /// The cached value, or `None` on a miss or when the cache is unreachable.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         match self {
-            Self::Redis(pool) => {
+            Self::Redis(redis) => {
                 let mut cmd = redis::cmd("GET");
                 cmd.arg(key);
-                redis_query::<Option<Vec<u8>>>(pool, cmd).await.flatten()
+                redis_query::<Option<Vec<u8>>>(redis, cmd).await.flatten()
             }
             Self::Local(map) => {
                 let map = map.lock().expect("cache lock");
@@ -70,13 +79,13 @@ impl Cache {
             return;
         }
         match self {
-            Self::Redis(pool) => {
+            Self::Redis(redis) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key)
                     .arg(value)
                     .arg("PX")
                     .arg(ttl.as_millis() as u64);
-                redis_query::<()>(pool, cmd).await;
+                redis_query::<()>(redis, cmd).await;
             }
             Self::Local(map) => {
                 let mut map = map.lock().expect("cache lock");
@@ -95,7 +104,7 @@ impl Cache {
     /// Whether the cache answers right now.
     pub async fn health(&self) -> CacheHealth {
         match self {
-            Self::Redis(pool) => match redis_query::<String>(pool, redis::cmd("PING")).await {
+            Self::Redis(redis) => match redis_query::<String>(redis, redis::cmd("PING")).await {
                 Some(_) => CacheHealth::Ok,
                 None => CacheHealth::Unavailable,
             },
@@ -104,24 +113,66 @@ impl Cache {
     }
 }
 
-async fn redis_query<T: redis::FromRedisValue>(
-    pool: &deadpool_redis::Pool,
-    cmd: redis::Cmd,
-) -> Option<T> {
-    let attempt = async {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-        cmd.query_async::<T>(&mut conn)
+/// Redis: one multiplexed connection shared by every request, made (and
+/// made again after it failed) through a deadpool pool.
+pub struct Redis {
+    pool: deadpool_redis::Pool,
+    shared: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Redis {
+    /// Runs `cmd` on the shared connection, within [`REDIS_OP_TIMEOUT`].
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        self.run(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
             .await
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(REDIS_OP_TIMEOUT, attempt).await {
-        Ok(Ok(value)) => Some(value),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "redis unavailable; continuing without cache");
-            None
+    }
+
+    /// Runs `op` on the shared connection within [`REDIS_OP_TIMEOUT`]; a
+    /// connection that failed or timed out is dropped, and the next call
+    /// gets a new one.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, String>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let conn = self.connection().await?;
+            op(conn).await.map_err(|e| {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.forget();
+                }
+                e.to_string()
+            })
+        };
+        match tokio::time::timeout(REDIS_OP_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget();
+                Err("timed out".to_owned())
+            }
         }
-        Err(_) => {
-            tracing::warn!("redis timed out; continuing without cache");
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(conn) = self.shared.lock().expect("redis lock").as_ref() {
+            return Ok(conn.clone());
+        }
+        let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
+        let conn = (*pooled).clone();
+        *self.shared.lock().expect("redis lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self) {
+        self.shared.lock().expect("redis lock").take();
+    }
+}
+
+async fn redis_query<T: redis::FromRedisValue>(redis: &Redis, cmd: redis::Cmd) -> Option<T> {
+    match redis.query::<T>(&cmd).await {
+        Ok(value) => Some(value),
+        Err(err) => {
+            tracing::warn!(error = %err, "redis unavailable; continuing without cache");
             None
         }
     }

@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const MINUTE_MS: f64 = 60_000.0;
 const LOCAL_CAPACITY: usize = 100_000;
 const WARN_EVERY_MS: u64 = 10_000;
@@ -182,38 +181,37 @@ impl RateLimiter {
     /// `None` when Redis could not be asked.
     pub async fn take(&self, cache: &Cache, key: &str, limit: u32, cost: u32) -> Option<Decision> {
         match cache {
-            Cache::Redis(pool) => self.take_redis(pool, key, limit, cost).await,
+            Cache::Redis(redis) => self.take_redis(redis, key, limit, cost).await,
             Cache::Local(_) => Some(self.take_local(key, limit, cost)),
         }
     }
 
     async fn take_redis(
         &self,
-        pool: &deadpool_redis::Pool,
+        redis: &crate::cache::Redis,
         key: &str,
         limit: u32,
         cost: u32,
     ) -> Option<Decision> {
-        let attempt = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            self.script
-                .key(key)
-                .arg(limit)
-                .arg(cost)
-                .invoke_async::<(i64, i64, i64)>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let error = match tokio::time::timeout(REDIS_TIMEOUT, attempt).await {
-            Ok(Ok((allowed, remaining, wait_ms))) => {
+        let taken = redis
+            .run(|mut conn| async move {
+                self.script
+                    .key(key)
+                    .arg(limit)
+                    .arg(cost)
+                    .invoke_async::<(i64, i64, i64)>(&mut conn)
+                    .await
+            })
+            .await;
+        let error = match taken {
+            Ok((allowed, remaining, wait_ms)) => {
                 return Some(Decision {
                     allowed: allowed == 1,
                     remaining: u64::try_from(remaining).unwrap_or(0),
                     wait_ms: u64::try_from(wait_ms).unwrap_or(0),
                 })
             }
-            Ok(Err(err)) => err,
-            Err(_) => "timed out".to_owned(),
+            Err(err) => err,
         };
         self.warn_unavailable(&error);
         None
