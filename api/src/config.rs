@@ -122,6 +122,10 @@ pub struct Config {
     /// Seconds a successful synchronous result stays in the result cache; 0: no cache.
     #[arg(long, env = "CACHE_TTL", default_value_t = 300)]
     pub cache_ttl: u64,
+    /// MiB of sessions (scripts and contexts) each API process keeps in its
+    /// own memory for execute; 0 keeps none.
+    #[arg(long, env = "SESSION_MEMORY_CACHE_MB", default_value_t = 32)]
+    pub session_memory_cache_mb: usize,
     /// Log every request to PostgreSQL (`request_logs`, `error_logs`).
     #[arg(
         long,

@@ -52,9 +52,21 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// The owner of everything when authentication is disabled (`AUTH_DISABLED`).
 pub const OWNER_ANONYMOUS: &str = "anonymous";
 
-/// What every handler shares; cheap to clone.
+/// What every handler shares; cloning it (every handler and middleware
+/// does) copies one pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<State>);
+
+impl std::ops::Deref for AppState {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+/// The contents of [`AppState`].
+pub struct State {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub cache: Arc<Cache>,
@@ -63,6 +75,8 @@ pub struct AppState {
     pub executions: ExecutionCounts,
     pub subjects: Subjects,
     pub metrics: Arc<Metrics>,
+    /// Sessions this process read recently.
+    pub sessions: Arc<session::LocalSessions>,
     /// The NATS connection, for publishing asynchronous jobs and cancellations.
     pub nats: async_nats::Client,
     /// The rate limits and this process's buckets.
@@ -126,7 +140,10 @@ impl App {
             .await
             .with_context(|| format!("binding {}", config.bind_addr))?;
         let rate_limits = Arc::new(ratelimit::RateLimiter::new(&config));
-        let state = AppState {
+        let sessions = Arc::new(session::LocalSessions::new(
+            config.session_memory_cache_mb.saturating_mul(1 << 20),
+        ));
+        let state = AppState(Arc::new(State {
             config: Arc::new(config),
             db,
             cache: Arc::new(cache),
@@ -135,11 +152,12 @@ impl App {
             executions,
             subjects,
             metrics,
+            sessions,
             nats,
             rate_limits,
             request_log,
             auth,
-        };
+        }));
         Ok(Self {
             listener,
             router: routes::router(state),

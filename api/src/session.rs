@@ -6,12 +6,19 @@
 //! memory and written in batches ([`crate::executions`]). A cached copy
 //! never outlives the session: its entry expires with it, and a copy that
 //! looks expired is checked against PostgreSQL before the answer is 404.
+//! Each API process also keeps the sessions it read in memory
+//! ([`LocalSessions`]), so that executing a session costs no round trip.
+
+mod local;
+
+pub use local::LocalSessions;
 
 use crate::{cache::Cache, error::ApiError, metrics::Metrics};
 use chrono::{DateTime, Utc};
 use schemas::{codec, Language};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// A session as `execute` needs it.
@@ -54,10 +61,21 @@ pub async fn load_active(
 ) -> Result<Session, ApiError> {
     let prefix = state.subjects.prefix();
     let not_found = || ApiError::not_found(format!("session {raw} not found"));
-    let mut session = load(&state.db, &state.cache, &state.metrics, prefix, id)
-        .await?
-        .filter(|s| s.owner == owner)
-        .ok_or_else(not_found)?;
+    let mut session = match state.sessions.get(id) {
+        Some(held) => {
+            state.metrics.cache_lookup("session", true);
+            Some(Session::clone(&held))
+        }
+        None => {
+            let loaded = load(&state.db, &state.cache, &state.metrics, prefix, id).await?;
+            if let Some(loaded) = &loaded {
+                state.sessions.put(Arc::new(loaded.clone()));
+            }
+            loaded
+        }
+    }
+    .filter(|s| s.owner == owner)
+    .ok_or_else(not_found)?;
     let now = Utc::now();
     if let Some(until) = state.executions.extended_until(id) {
         session.expires_at = session.expires_at.max(until);
@@ -69,6 +87,7 @@ pub async fn load_active(
             return Err(ApiError::not_found(format!("session {raw} has expired")));
         }
         remember(&state.cache, prefix, &session).await;
+        state.sessions.put(Arc::new(session.clone()));
     }
     if session.retain {
         let until = now + chrono::Duration::seconds(state.config.session_expiry_seconds as i64);
