@@ -3,11 +3,12 @@
 //! the request waiting for each.
 
 use crate::error::ApiError;
-use async_nats::{jetstream, HeaderMap};
+use async_nats::jetstream;
 use futures::StreamExt;
 use schemas::{codec, ErrorCode, Job, JobResult, Language, Subjects};
 use std::{
     collections::HashMap,
+    future::IntoFuture,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -84,22 +85,36 @@ impl Queue {
         }
         let (tx, rx) = oneshot::channel();
         let _waiting = Waiting::register(&self.pending, job.job_id, tx);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", job.job_id.to_string().as_str());
+        // No Nats-Msg-Id: a synchronous job is published once and never
+        // again, so JetStream need not remember its id for deduplication.
         let subject = self.subjects.jobs(job.language);
         let ack = self
             .js
-            .publish_with_headers(subject, headers, payload.into())
+            .publish(subject, payload.into())
             .await
             .map_err(queue_refused)?;
-        ack.await.map_err(queue_refused)?;
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) => Err(ApiError::unavailable("the service is shutting down", 1)),
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!("no result within {} ms", wait.as_millis()),
-            )),
+        // The result may come before JetStream's acknowledgement does; a
+        // refusal still fails the request.
+        let mut ack = std::pin::pin!(ack.into_future());
+        let mut acked = false;
+        let timeout = tokio::time::sleep(wait);
+        let mut timeout = std::pin::pin!(timeout);
+        let mut rx = rx;
+        loop {
+            tokio::select! {
+                stored = &mut ack, if !acked => {
+                    stored.map_err(queue_refused)?;
+                    acked = true;
+                }
+                result = &mut rx => return match result {
+                    Ok(result) => Ok(result),
+                    Err(_) => Err(ApiError::unavailable("the service is shutting down", 1)),
+                },
+                () = &mut timeout => return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("no result within {} ms", wait.as_millis()),
+                )),
+            }
         }
     }
 
