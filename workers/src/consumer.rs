@@ -1,7 +1,7 @@
 //! Pulls the jobs of one language from JetStream, runs them on that
 //! language's pool and answers them.
 //!
-//! Backpressure: at most about one job per instance is fetched ahead; a
+//! Backpressure: at most about two jobs per instance are fetched ahead; a
 //! fetched job waits for an instance with its ack timer kept alive, and jobs
 //! fetched ahead go straight back to JetStream when the worker stops.
 
@@ -18,6 +18,7 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use schemas::{codec, Job, JobResult, Subjects};
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -89,12 +90,14 @@ pub(crate) struct JobRunner {
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
 ///
-/// Jobs come in pull batches of about one job per instance, fetched while
-/// the previous batch's jobs run, so a freed instance mostly finds its next
-/// job already here instead of waiting for a round trip to the server. A job
-/// fetched ahead keeps its ack timer alive (progress) while it waits for an
-/// instance. Each batch ends by itself (expiry, with a client-side deadline
-/// behind it), so a server restart never leaves the loop waiting.
+/// Pulling and running are decoupled: jobs fetched ahead wait in a small
+/// buffer (about two per instance) and a freed instance takes the next one
+/// at once, while the next pull is already under way. A new pull goes out
+/// when the buffer is half empty, so one pull brings several jobs under
+/// load. Jobs in the buffer keep their ack timers alive (progress), and go
+/// straight back to JetStream when the worker stops. Each pull ends by
+/// itself (expiry, with a client-side deadline behind it), so a server
+/// restart never leaves the loop waiting.
 pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: CancellationToken) {
     let followed = runner
         .cancels
@@ -105,66 +108,73 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
     }
     let runner = Arc::new(runner);
     let jobs = TaskTracker::new();
-    let prefetch = runner.pool.capacity().max(1);
-    'pull: while !shutdown.is_cancelled() {
-        let messages = consumer
-            .batch()
-            .max_messages(prefetch)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::warn!(error = %e, "pulling jobs; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(PULL_RETRY) => continue,
+    let target = (runner.pool.capacity() * 2).max(2);
+    let mut buffer: VecDeque<jetstream::Message> = VecDeque::with_capacity(target * 2);
+    let mut pulling: Option<pull::Batch> = None;
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shutdown.is_cancelled() {
+        if pulling.is_none() && buffer.len() <= target / 2 {
+            let messages = consumer
+                .batch()
+                .max_messages(target - buffer.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            match messages {
+                Ok(messages) => pulling = Some(messages),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pulling jobs; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(PULL_RETRY) => continue,
+                    }
                 }
             }
-        };
-        loop {
-            let message = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => {
-                    give_back_fetched(&mut messages, &runner).await;
-                    break 'pull;
-                }
-                message = messages.next() => message,
-            };
-            let message = match message {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "pulling jobs; pulling again");
-                    give_back_fetched(&mut messages, &runner).await;
-                    continue 'pull;
-                }
-                None => continue 'pull,
-            };
-            let reservation = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => {
-                    runner.settle(&message, Disposition::Retry { after: Duration::ZERO }).await;
-                    give_back_fetched(&mut messages, &runner).await;
-                    break 'pull;
-                }
-                reservation = with_progress(&message, runner.pool.reserve()) => reservation,
-            };
-            match reservation {
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            reservation = runner.pool.reserve(), if !buffer.is_empty() => match reservation {
                 Ok(reservation) => {
+                    let message = buffer.pop_front().expect("a buffered job");
                     let runner = Arc::clone(&runner);
                     jobs.spawn(async move { runner.process(message, reservation).await });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no instance for a job; it goes back");
-                    runner
-                        .settle(&message, Disposition::Retry { after: RETRY_AFTER })
-                        .await;
-                    give_back_fetched(&mut messages, &runner).await;
-                    break 'pull;
+                    if let Some(message) = buffer.pop_front() {
+                        runner.settle(&message, Disposition::Retry { after: RETRY_AFTER }).await;
+                    }
+                    break;
+                }
+            },
+            next = next_pulled(&mut pulling) => match next {
+                Some(Ok(message)) => buffer.push_back(message),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "pulling jobs; pulling again");
+                    pulling = None;
+                }
+                None => pulling = None,
+            },
+            _ = progress.tick(), if !buffer.is_empty() => {
+                for message in &buffer {
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "sending progress");
+                    }
                 }
             }
         }
+    }
+    let now = Disposition::Retry {
+        after: Duration::ZERO,
+    };
+    for message in buffer.drain(..) {
+        runner.settle(&message, now).await;
+    }
+    if let Some(mut messages) = pulling {
+        give_back_fetched(&mut messages, &runner).await;
     }
     jobs.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, jobs.wait())
@@ -172,6 +182,16 @@ pub(crate) async fn run(consumer: PullConsumer, runner: JobRunner, shutdown: Can
         .is_err()
     {
         tracing::warn!(running = jobs.len(), "jobs still running at shutdown");
+    }
+}
+
+/// The next message of the pull under way; never ready when none is.
+async fn next_pulled(
+    pulling: &mut Option<pull::Batch>,
+) -> Option<Result<jetstream::Message, Box<dyn std::error::Error + Send + Sync>>> {
+    match pulling {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -242,9 +262,13 @@ impl JobRunner {
         } else {
             None
         };
-        // A session's runs share the script's globals; a job without one
-        // gets globals of its own.
-        let scope = job.request_id.unwrap_or(job.job_id).to_string();
+        // A session's runs share the script's globals; jobs without one
+        // share those of their script (of this owner), as the runs of a
+        // warm function do.
+        let scope = match job.request_id {
+            Some(session) => session.to_string(),
+            None => format!("script:{}", job.script_hash),
+        };
         let invocation = Invocation::new(
             self.pool.language(),
             job.script,
