@@ -143,6 +143,16 @@ impl EventRecorder {
                 )),
             }
         }
+        // A job whose result is in this batch too skips `running`: its
+        // terminal update sets `started_at` from the execution time.
+        let mut rerun = Vec::new();
+        for end in &ends {
+            if let Some((attempt, _)) = started.remove(&end.job_id) {
+                if attempt > 1 {
+                    rerun.push(end.job_id);
+                }
+            }
+        }
         if !started.is_empty() {
             let (ids, rest): (Vec<Uuid>, Vec<(u32, String)>) = started.into_iter().unzip();
             let (attempts, workers): (Vec<i32>, Vec<String>) =
@@ -166,6 +176,9 @@ impl EventRecorder {
         }
         let finished = records::finish(&self.db, &ends).await?;
         self.metrics.finished(&finished);
+        for f in finished.iter().filter(|f| rerun.contains(&f.job_id)) {
+            self.metrics.redelivered_title(&f.language_title);
+        }
         records::publish(&self.client, &self.subjects, &finished).await;
         Ok(())
     }

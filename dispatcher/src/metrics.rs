@@ -109,6 +109,14 @@ impl Metrics {
         }
     }
 
+    /// Counts a job of `language_title` run again on delivery number two
+    /// or later (its start and its result recorded together).
+    pub fn redelivered_title(&self, language_title: &str) {
+        self.redeliveries
+            .with_label_values(&[language_of(language_title)])
+            .inc();
+    }
+
     /// Counts a job started again on delivery number two or later.
     pub fn redelivered(&self, language: &str) {
         let language = language

@@ -85,6 +85,9 @@ pub async fn finish(db: &PgPool, ends: &[Terminal]) -> Result<Vec<Finished>, sql
                 worker_id = COALESCE(t.worker, j.worker_id),
                 result = t.result::jsonb, error = t.error::jsonb, logs = t.logs::jsonb,
                 execution_time_ms = t.ms, finished_at = now(), updated_at = now(),
+                started_at = COALESCE(j.started_at,
+                    CASE WHEN t.ms IS NULL THEN NULL
+                         ELSE now() - make_interval(secs => t.ms / 1000.0) END),
                 callback_state = CASE WHEN j.callback_url IS NULL THEN NULL ELSE 'pending' END,
                 next_callback_at = now()
          FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],

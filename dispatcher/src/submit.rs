@@ -11,13 +11,14 @@ mod resolve;
 
 use crate::{metrics::Metrics, publish};
 use async_nats::{jetstream, Message};
-use backoff::{future::retry, ExponentialBackoffBuilder};
+use backoff::{backoff::Backoff, future::retry, ExponentialBackoff, ExponentialBackoffBuilder};
 use schemas::{
     codec,
     submit::{SubmitError, SubmitReply, SubmitRequest, MSGPACK_CONTENT_TYPE},
     ErrorCode, LanguageTitle, Subjects,
 };
 use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -45,6 +46,7 @@ pub struct Submissions {
 }
 
 /// Why a submission was refused.
+#[derive(Clone)]
 pub(crate) struct Refusal {
     code: ErrorCode,
     message: String,
@@ -70,56 +72,94 @@ impl From<sqlx::Error> for Refusal {
 }
 
 impl Submissions {
-    /// Handles one submission: stores and publishes the job, or records the
-    /// refusal; replies if the message asks for it. Returns the reply.
-    pub async fn handle(&self, message: &Message) -> SubmitReply {
-        let reply = match self.accept_patiently(message).await {
-            Ok((job_id, status)) => {
-                self.metrics.submission(None);
-                SubmitReply::Accepted { job_id, status }
-            }
-            Err(refusal) => {
-                self.metrics.submission(Some(refusal.code));
-                self.record_refusal(message, &refusal).await;
-                SubmitReply::Refused {
-                    error: SubmitError {
-                        code: refusal.code,
-                        message: refusal.message,
-                    },
+    /// Handles submissions that arrived together: stores their jobs in one
+    /// statement and publishes them, or records the refusals; replies to
+    /// those that ask for it. Returns the replies, in order.
+    pub async fn handle_batch(&self, messages: &[Message]) -> Vec<SubmitReply> {
+        let mut functions = HashMap::new();
+        let mut prepared = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut policy = store_policy();
+            let submission = loop {
+                match self.prepare(message, &mut functions).await {
+                    Err(refusal) if refusal.code == ErrorCode::Unavailable => {
+                        match policy.next_backoff() {
+                            Some(wait) => tokio::time::sleep(wait).await,
+                            None => break Err(refusal),
+                        }
+                    }
+                    prepared => break prepared,
                 }
-            }
-        };
-        if let Some(reply_to) = &message.reply {
-            let body = serde_json::to_vec(&reply).unwrap_or_default();
-            if let Err(e) = self.client.publish(reply_to.clone(), body.into()).await {
-                tracing::warn!(error = %e, "submission reply not sent");
+            };
+            prepared.push(submission);
+        }
+        let ready: Vec<&resolve::Submission> =
+            prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let stored =
+            patiently(|| async { Ok::<_, Refusal>(resolve::insert(&self.db, &ready).await?) })
+                .await
+                .map(|ids| ids.into_iter().collect::<HashSet<Uuid>>());
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut published = Vec::new();
+        for submission in prepared {
+            let outcome = match (submission, &stored) {
+                (Err(refusal), _) => Err(refusal),
+                (Ok(_), Err(refusal)) => Err(refusal.clone()),
+                (Ok(job), Ok(inserted)) if inserted.contains(&job.job_id) => {
+                    published.push(job.job_id);
+                    Ok((job.job_id, "queued".to_owned()))
+                }
+                (Ok(job), Ok(_)) => patiently(|| self.first_of(&job)).await,
+            };
+            outcomes.push(outcome);
+        }
+        if !published.is_empty() {
+            let sent = publish::republish(&self.db, &self.js, &self.subjects, &published).await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "submitted jobs not published now; the sweeper will");
             }
         }
-        reply
-    }
-
-    /// Accepts the submission, trying again while PostgreSQL is unavailable
-    /// (for up to [`STORE_PATIENCE`]): a submission is refused for what it
-    /// is, not lost to a passing outage.
-    async fn accept_patiently(&self, message: &Message) -> Result<(Uuid, String), Refusal> {
-        let policy = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(100))
-            .with_max_interval(Duration::from_secs(2))
-            .with_max_elapsed_time(Some(STORE_PATIENCE))
-            .build();
-        retry(policy, || async {
-            self.accept(message).await.map_err(|refusal| {
-                if refusal.code == ErrorCode::Unavailable {
-                    backoff::Error::transient(refusal)
-                } else {
-                    backoff::Error::permanent(refusal)
+        let mut replies = Vec::with_capacity(messages.len());
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            let reply = match outcome {
+                Ok((job_id, status)) => {
+                    self.metrics.submission(None);
+                    SubmitReply::Accepted { job_id, status }
                 }
-            })
-        })
-        .await
+                Err(refusal) => {
+                    self.metrics.submission(Some(refusal.code));
+                    self.record_refusal(message, &refusal).await;
+                    SubmitReply::Refused {
+                        error: SubmitError {
+                            code: refusal.code,
+                            message: refusal.message,
+                        },
+                    }
+                }
+            };
+            if let Some(reply_to) = &message.reply {
+                let body = serde_json::to_vec(&reply).unwrap_or_default();
+                if let Err(e) = self.client.publish(reply_to.clone(), body.into()).await {
+                    tracing::warn!(error = %e, "submission reply not sent");
+                }
+            }
+            replies.push(reply);
+        }
+        replies
     }
 
-    async fn accept(&self, message: &Message) -> Result<(Uuid, String), Refusal> {
+    /// Handles one submission (see [`Submissions::handle_batch`]).
+    pub async fn handle(&self, message: &Message) -> SubmitReply {
+        let mut replies = self.handle_batch(std::slice::from_ref(message)).await;
+        replies.pop().expect("one reply per submission")
+    }
+
+    /// The job a submission asks for, not yet stored.
+    async fn prepare(
+        &self,
+        message: &Message,
+        functions: &mut HashMap<String, String>,
+    ) -> Result<resolve::Submission, Refusal> {
         let prefix = format!("{}.submit.", self.subjects.prefix());
         let title: LanguageTitle = message
             .subject
@@ -139,26 +179,22 @@ impl Submissions {
         let key = msg_id
             .filter(|m| m.parse::<Uuid>().is_err())
             .map(|m| format!("nats:{m}"));
-        let job = self.resolve(&title, request, job_id, key).await?;
-        let inserted: Option<Uuid> = resolve::insert(&self.db, &job).await?;
-        if inserted.is_none() {
-            let first: Option<(Uuid, String)> = sqlx::query_as(
-                "SELECT job_id, status FROM jobs
-                 WHERE job_id = $1 OR (owner = $2 AND idempotency_key = $3)
-                 ORDER BY job_id = $1 DESC LIMIT 1",
-            )
-            .bind(job.job_id)
-            .bind(&job.owner)
-            .bind(&job.idempotency_key)
-            .fetch_optional(&self.db)
-            .await?;
-            return first.ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "submit it again"));
-        }
-        if let Err(e) = publish::republish(&self.db, &self.js, &self.subjects, &[job.job_id]).await
-        {
-            tracing::warn!(error = %e, "submitted job not published now; the sweeper will");
-        }
-        Ok((job.job_id, "queued".to_owned()))
+        self.resolve(&title, request, job_id, key, functions).await
+    }
+
+    /// The job stored first for a resubmission (same id or idempotency key).
+    async fn first_of(&self, job: &resolve::Submission) -> Result<(Uuid, String), Refusal> {
+        let first: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT job_id, status FROM jobs
+             WHERE job_id = $1 OR (owner = $2 AND idempotency_key = $3)
+             ORDER BY job_id = $1 DESC LIMIT 1",
+        )
+        .bind(job.job_id)
+        .bind(&job.owner)
+        .bind(&job.idempotency_key)
+        .fetch_optional(&self.db)
+        .await?;
+        first.ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "submit it again"))
     }
 
     async fn record_refusal(&self, message: &Message, refusal: &Refusal) {
@@ -176,6 +212,38 @@ impl Submissions {
             tracing::error!(error = %e, subject = %message.subject, "refused submission not recorded");
         }
     }
+}
+
+/// Backs off from 100 ms to 2 s between attempts, for [`STORE_PATIENCE`].
+fn store_policy() -> ExponentialBackoff {
+    ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(100))
+        .with_max_interval(Duration::from_secs(2))
+        .with_max_elapsed_time(Some(STORE_PATIENCE))
+        .build()
+}
+
+/// Runs `step`, trying again while PostgreSQL is unavailable (for up to
+/// [`STORE_PATIENCE`]): a submission is refused for what it is, not lost to
+/// a passing outage.
+async fn patiently<T, F, Fut>(mut step: F) -> Result<T, Refusal>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Refusal>>,
+{
+    retry(store_policy(), || {
+        let attempt = step();
+        async move {
+            attempt.await.map_err(|refusal| {
+                if refusal.code == ErrorCode::Unavailable {
+                    backoff::Error::transient(refusal)
+                } else {
+                    backoff::Error::permanent(refusal)
+                }
+            })
+        }
+    })
+    .await
 }
 
 fn decode(message: &Message) -> Result<SubmitRequest, Refusal> {

@@ -5,7 +5,7 @@ use crate::{
     callbacks::Callbacks, dead::DeadLetters, events::EventRecorder, reaper, submit::Submissions,
     sweeper::Sweeper, Config,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::Semaphore;
@@ -13,9 +13,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long one pull for events waits.
 const EVENTS_WAIT: Duration = Duration::from_millis(500);
-/// Most direct submissions being stored at once: about the database pool's
-/// size, so that none waits out its connection timeout.
-const MAX_SUBMISSIONS: usize = 8;
+/// Most batches of direct submissions being stored at once: well within the
+/// database pool's size, so that none waits out its connection timeout.
+const MAX_SUBMISSION_BATCHES: usize = 4;
+/// Most direct submissions stored in one statement.
+const SUBMISSION_BATCH: usize = 500;
 /// Most callbacks being delivered at once.
 const MAX_DELIVERIES: usize = 256;
 
@@ -75,20 +77,28 @@ pub(crate) async fn serve_submissions(
 ) {
     let running = TaskTracker::new();
     // Bounded: beyond it, submissions wait in the subscription's buffer
-    // instead of piling up on the database pool.
-    let permits = Arc::new(Semaphore::new(MAX_SUBMISSIONS));
+    // instead of piling up on the database pool. What arrived while the
+    // batches in hand were stored is handled together, in one statement.
+    let permits = Arc::new(Semaphore::new(MAX_SUBMISSION_BATCHES));
     loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = messages.next() => match message { Some(m) => m, None => break },
-        };
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
         };
+        let first = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = messages.next() => match message { Some(m) => m, None => break },
+        };
+        let mut batch = vec![first];
+        while batch.len() < SUBMISSION_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message),
+                _ => break,
+            }
+        }
         let submissions = submissions.clone();
         running.spawn(async move {
-            submissions.handle(&message).await;
+            submissions.handle_batch(&batch).await;
             drop(permit);
         });
     }

@@ -5,6 +5,7 @@ use super::{Refusal, Submissions};
 use schemas::{callback, script_hash, submit::SubmitRequest, ErrorCode, LanguageTitle};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Limits of a job whose context names none, and the largest allowed.
@@ -33,12 +34,15 @@ pub(crate) struct Submission {
 }
 
 impl Submissions {
+    /// What the submission runs. `functions` remembers the registered
+    /// functions looked up for the submissions handled together.
     pub(crate) async fn resolve(
         &self,
         title: &LanguageTitle,
         request: SubmitRequest,
         job_id: Uuid,
         idempotency_key: Option<String>,
+        functions: &mut HashMap<String, String>,
     ) -> Result<Submission, Refusal> {
         let params_json = match request.params {
             None | Some(Value::Null) => "{}".to_owned(),
@@ -101,7 +105,14 @@ impl Submissions {
                 let (timeout, memory) = self.limits.of(&context)?;
                 let hash = match script {
                     Some(script) => self.register(title, &script).await?,
-                    None => self.registered(&language_title).await?,
+                    None => match functions.get(&language_title) {
+                        Some(hash) => hash.clone(),
+                        None => {
+                            let hash = self.registered(&language_title).await?;
+                            functions.insert(language_title.clone(), hash.clone());
+                            hash
+                        }
+                    },
                 };
                 (
                     None,
@@ -231,26 +242,38 @@ impl Limits {
     }
 }
 
-/// Inserts the job; `None` when its id or idempotency key exists already.
-pub(crate) async fn insert(db: &PgPool, s: &Submission) -> Result<Option<Uuid>, sqlx::Error> {
+/// Inserts the jobs in one statement; returns the ids of those inserted
+/// (the others' id or idempotency key exists already).
+pub(crate) async fn insert(db: &PgPool, all: &[&Submission]) -> Result<Vec<Uuid>, sqlx::Error> {
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&Submission) -> String| all.iter().map(|s| f(s)).collect::<Vec<_>>();
+    let optional =
+        |f: fn(&Submission) -> Option<String>| all.iter().map(|s| f(s)).collect::<Vec<_>>();
     sqlx::query_scalar(
         "INSERT INTO jobs (job_id, owner, request_id, language, language_title, script_hash,
                            params, context, timeout_ms, memory_mb, callback_url, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12)
+         SELECT id, owner, request, language, lt, hash, params::jsonb, context::jsonb,
+                timeout, memory, callback, idem
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::bigint[], $10::int[], $11::text[], $12::text[])
+              AS t(id, owner, request, language, lt, hash, params, context, timeout, memory,
+                   callback, idem)
          ON CONFLICT DO NOTHING RETURNING job_id",
     )
-    .bind(s.job_id)
-    .bind(&s.owner)
-    .bind(s.request_id)
-    .bind(&s.language)
-    .bind(&s.language_title)
-    .bind(&s.script_hash)
-    .bind(&s.params_json)
-    .bind(&s.context_json)
-    .bind(s.timeout_ms)
-    .bind(s.memory_mb)
-    .bind(&s.callback_url)
-    .bind(&s.idempotency_key)
-    .fetch_optional(db)
+    .bind(all.iter().map(|s| s.job_id).collect::<Vec<_>>())
+    .bind(column(|s| s.owner.clone()))
+    .bind(all.iter().map(|s| s.request_id).collect::<Vec<_>>())
+    .bind(column(|s| s.language.clone()))
+    .bind(column(|s| s.language_title.clone()))
+    .bind(column(|s| s.script_hash.clone()))
+    .bind(column(|s| s.params_json.clone()))
+    .bind(column(|s| s.context_json.clone()))
+    .bind(all.iter().map(|s| s.timeout_ms).collect::<Vec<_>>())
+    .bind(all.iter().map(|s| s.memory_mb).collect::<Vec<_>>())
+    .bind(optional(|s| s.callback_url.clone()))
+    .bind(optional(|s| s.idempotency_key.clone()))
+    .fetch_all(db)
     .await
 }
