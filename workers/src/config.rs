@@ -31,8 +31,9 @@ pub struct Config {
     )]
     pub languages: Vec<Language>,
 
-    /// Warm Node.js processes to keep.
-    #[arg(long, env = "WORKER_NODEJS_POOL_SIZE", default_value_t = 2)]
+    /// Warm Node.js processes to keep (default: two per core, which hides
+    /// the hops around each job better than one per core).
+    #[arg(long, env = "WORKER_NODEJS_POOL_SIZE", default_value_t = two_per_core())]
     pub nodejs_pool_size: usize,
 
     /// Jobs a runtime process runs before it is replaced by a fresh one.
@@ -58,8 +59,8 @@ pub struct Config {
     #[arg(long, env = "WORKER_NODEJS_MEMORY_MB", default_value_t = 128)]
     pub nodejs_memory_mb: u32,
 
-    /// Warm Python processes to keep.
-    #[arg(long, env = "WORKER_PYTHON_POOL_SIZE", default_value_t = 2)]
+    /// Warm Python processes to keep (default: two per core).
+    #[arg(long, env = "WORKER_PYTHON_POOL_SIZE", default_value_t = two_per_core())]
     pub python_pool_size: usize,
 
     /// The Python 3 interpreter, a name (looked up in /usr/bin, then on PATH)
@@ -87,7 +88,7 @@ pub struct Config {
     pub scratch_mb: u32,
 
     /// wasm (and rust) jobs that may run at once, per language.
-    #[arg(long, env = "WORKER_WASM_CONCURRENCY", default_value_t = default_wasm_concurrency())]
+    #[arg(long, env = "WORKER_WASM_CONCURRENCY", default_value_t = two_per_core())]
     pub wasm_concurrency: usize,
 
     /// The most memory a wasm or rust job may be given (`memory_mb` is capped to it), in MiB.
@@ -174,7 +175,7 @@ pub enum SandboxMode {
 }
 
 /// Twice the available cores: wasm jobs run on threads, and many wait on nothing.
-fn default_wasm_concurrency() -> usize {
+fn two_per_core() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
@@ -206,7 +207,7 @@ mod tests {
         ]);
         assert_eq!(config.languages, [Language::Nodejs, Language::Python]);
         assert_eq!(config.nodejs_pool_size, 4);
-        assert_eq!(config.python_pool_size, 2);
+        assert_eq!(config.python_pool_size, two_per_core());
         assert_eq!(config.python_bin, "python3");
         assert_eq!(config.max_output_bytes, 1024 * 1024);
         assert_eq!(config.sandbox, SandboxMode::On);
