@@ -36,6 +36,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The longest delay before a job this worker could not run is tried again.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// An asynchronous job still running after this long is reported started;
+/// one that ends sooner reports only its result.
+const STARTED_REPORT_AFTER: Duration = Duration::from_millis(100);
 /// How long in-flight jobs may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -257,7 +260,6 @@ impl JobRunner {
                 tracing::debug!("cancelled before it started; skipped");
                 return Disposition::Ack;
             };
-            self.report_started(message, job.job_id).await;
             Some(running)
         } else {
             None
@@ -287,14 +289,35 @@ impl JobRunner {
                 let run = with_progress(message, reservation.execute(&invocation));
                 let outcome = match &running {
                     None => run.await,
-                    Some(running) => tokio::select! {
-                        outcome = run => outcome,
-                        () = running.cancelled() => {
-                            self.metrics.killed(self.pool.language(), Kill::Cancelled);
-                            tracing::debug!("cancelled while running; its instance is replaced");
-                            return Disposition::Ack;
+                    Some(running) => {
+                        // A job that ends quickly reports only its result
+                        // (which also records when it started); a longer one
+                        // is reported running once it has run a while, and a
+                        // redelivered one at once (the dispatcher counts it).
+                        tokio::pin!(run);
+                        let after = if crate::report::delivery(message) > 1 {
+                            Duration::ZERO
+                        } else {
+                            STARTED_REPORT_AFTER
+                        };
+                        let report_started = tokio::time::sleep(after);
+                        tokio::pin!(report_started);
+                        let mut reported = false;
+                        loop {
+                            tokio::select! {
+                                outcome = &mut run => break outcome,
+                                () = running.cancelled() => {
+                                    self.metrics.killed(self.pool.language(), Kill::Cancelled);
+                                    tracing::debug!("cancelled while running; its instance is replaced");
+                                    return Disposition::Ack;
+                                }
+                                () = &mut report_started, if !reported => {
+                                    reported = true;
+                                    self.report_started(message, job.job_id).await;
+                                }
+                            }
                         }
-                    },
+                    }
                 };
                 match outcome {
                     Ok(execution) => {

@@ -1,5 +1,6 @@
 //! What a worker reports about asynchronous jobs (`report_events`): a
-//! `started` event, best effort, and the result, stored on the events stream
+//! `started` event, best effort and only for a job that runs a while or was
+//! delivered again, and the result, stored on the events stream
 //! (`<prefix>.events.<language>`) before the job is acknowledged, so that a
 //! result is never lost between the worker and the dispatcher.
 
@@ -66,7 +67,7 @@ impl JobRunner {
 }
 
 /// JetStream's delivery count of `message` (1 on the first delivery).
-fn delivery(message: &jetstream::Message) -> u32 {
+pub(crate) fn delivery(message: &jetstream::Message) -> u32 {
     message
         .info()
         .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
