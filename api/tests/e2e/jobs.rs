@@ -43,6 +43,13 @@ async fn execute_async_answers_202_and_the_job_completes() {
         job["execution_time"].as_f64().is_some_and(|t| t >= 0.0),
         "{job}"
     );
+    // A quick job reports only its result; its start is still recorded.
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(job[field].as_str().unwrap()).unwrap();
+    assert!(
+        at("created_at") <= at("started_at") && at("started_at") <= at("finished_at"),
+        "{job}"
+    );
 
     let (status, body) = stack
         .post_json(
