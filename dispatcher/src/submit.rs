@@ -11,7 +11,7 @@ mod resolve;
 
 use crate::{metrics::Metrics, publish};
 use async_nats::{jetstream, Message};
-use backoff::{backoff::Backoff, future::retry, ExponentialBackoff, ExponentialBackoffBuilder};
+use backoff::{future::retry, ExponentialBackoffBuilder};
 use schemas::{
     codec,
     submit::{SubmitError, SubmitReply, SubmitRequest, MSGPACK_CONTENT_TYPE},
@@ -19,7 +19,7 @@ use schemas::{
 };
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -76,22 +76,10 @@ impl Submissions {
     /// statement and publishes them, or records the refusals; replies to
     /// those that ask for it. Returns the replies, in order.
     pub async fn handle_batch(&self, messages: &[Message]) -> Vec<SubmitReply> {
-        let mut functions = HashMap::new();
+        let functions = Mutex::new(HashMap::new());
         let mut prepared = Vec::with_capacity(messages.len());
         for message in messages {
-            let mut policy = store_policy();
-            let submission = loop {
-                match self.prepare(message, &mut functions).await {
-                    Err(refusal) if refusal.code == ErrorCode::Unavailable => {
-                        match policy.next_backoff() {
-                            Some(wait) => tokio::time::sleep(wait).await,
-                            None => break Err(refusal),
-                        }
-                    }
-                    prepared => break prepared,
-                }
-            };
-            prepared.push(submission);
+            prepared.push(patiently(|| self.prepare(message, &functions)).await);
         }
         let ready: Vec<&resolve::Submission> =
             prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -158,7 +146,7 @@ impl Submissions {
     async fn prepare(
         &self,
         message: &Message,
-        functions: &mut HashMap<String, String>,
+        functions: &Mutex<HashMap<String, String>>,
     ) -> Result<resolve::Submission, Refusal> {
         let prefix = format!("{}.submit.", self.subjects.prefix());
         let title: LanguageTitle = message
@@ -214,15 +202,6 @@ impl Submissions {
     }
 }
 
-/// Backs off from 100 ms to 2 s between attempts, for [`STORE_PATIENCE`].
-fn store_policy() -> ExponentialBackoff {
-    ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(100))
-        .with_max_interval(Duration::from_secs(2))
-        .with_max_elapsed_time(Some(STORE_PATIENCE))
-        .build()
-}
-
 /// Runs `step`, trying again while PostgreSQL is unavailable (for up to
 /// [`STORE_PATIENCE`]): a submission is refused for what it is, not lost to
 /// a passing outage.
@@ -231,7 +210,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Refusal>>,
 {
-    retry(store_policy(), || {
+    let policy = ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(100))
+        .with_max_interval(Duration::from_secs(2))
+        .with_max_elapsed_time(Some(STORE_PATIENCE))
+        .build();
+    retry(policy, || {
         let attempt = step();
         async move {
             attempt.await.map_err(|refusal| {

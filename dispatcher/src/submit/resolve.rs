@@ -5,8 +5,12 @@ use super::{Refusal, Submissions};
 use schemas::{callback, script_hash, submit::SubmitRequest, ErrorCode, LanguageTitle};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Mutex};
 use uuid::Uuid;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().expect("functions lock")
+}
 
 /// Limits of a job whose context names none, and the largest allowed.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +46,7 @@ impl Submissions {
         request: SubmitRequest,
         job_id: Uuid,
         idempotency_key: Option<String>,
-        functions: &mut HashMap<String, String>,
+        functions: &Mutex<HashMap<String, String>>,
     ) -> Result<Submission, Refusal> {
         let params_json = match request.params {
             None | Some(Value::Null) => "{}".to_owned(),
@@ -105,14 +109,17 @@ impl Submissions {
                 let (timeout, memory) = self.limits.of(&context)?;
                 let hash = match script {
                     Some(script) => self.register(title, &script).await?,
-                    None => match functions.get(&language_title) {
-                        Some(hash) => hash.clone(),
-                        None => {
-                            let hash = self.registered(&language_title).await?;
-                            functions.insert(language_title.clone(), hash.clone());
-                            hash
+                    None => {
+                        let known = lock(functions).get(&language_title).cloned();
+                        match known {
+                            Some(hash) => hash,
+                            None => {
+                                let hash = self.registered(&language_title).await?;
+                                lock(functions).insert(language_title.clone(), hash.clone());
+                                hash
+                            }
                         }
-                    },
+                    }
                 };
                 (
                     None,
