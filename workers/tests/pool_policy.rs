@@ -121,3 +121,30 @@ async fn without_prewarm_the_first_job_starts_a_process() {
     assert_eq!(run(&pool, "o", "s", "return 6 * 7;").await, 42);
     assert_eq!(pool.warm(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_pools_keep_their_warm_processes() {
+    // Jobs queue for the slots; as one ends the next takes its slot at
+    // once. No healthy process may be stopped as surplus meanwhile (and
+    // then started again cold for the next job).
+    let pool = pool(PoolPolicy::new(2)).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    assert_eq!(run(&pool, "o", "s", "return 1;").await, 1, "task {task}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.surplus, 0, "{stats:?}");
+    assert_eq!(
+        stats.started, 2,
+        "only the prewarmed processes ran: {stats:?}"
+    );
+}

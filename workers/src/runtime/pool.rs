@@ -97,6 +97,8 @@ struct Inner {
     idle: Mutex<Vec<Member>>,
     slots: Arc<Semaphore>,
     busy: AtomicUsize,
+    /// Instances that exist: idle, running a job, or just started.
+    live: AtomicUsize,
     pids: Mutex<BTreeMap<u64, u32>>,
     next_member: AtomicU64,
     counters: Counters,
@@ -131,6 +133,7 @@ impl Pool {
                 idle: Mutex::default(),
                 slots: Arc::new(Semaphore::new(policy.capacity)),
                 busy: AtomicUsize::new(0),
+                live: AtomicUsize::new(0),
                 pids: Mutex::default(),
                 next_member: AtomicU64::new(0),
                 counters: Counters::default(),
@@ -224,6 +227,7 @@ impl Pool {
     async fn launch_member(&self) -> Result<Member, LaunchError> {
         let instance = self.inner.launcher.launch().await?;
         bump(&self.inner.counters.started, 1);
+        self.inner.live.fetch_add(1, Ordering::Relaxed);
         let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
         if let Some(pid) = instance.pid() {
             lock(&self.inner.pids).insert(id, pid);
@@ -251,6 +255,7 @@ impl Pool {
     }
 
     fn retire(&self, member: Member) -> Box<dyn Instance> {
+        self.inner.live.fetch_sub(1, Ordering::Relaxed);
         lock(&self.inner.pids).remove(&member.id);
         member.instance
     }
@@ -266,17 +271,23 @@ impl Pool {
     }
 
     /// Returns a warm instance to `idle`, unless the pool is closing or
-    /// already keeps as many as it has slots.
+    /// more instances exist than it has slots (a replacement that lost the
+    /// race to an on-demand start). Counting the instances that exist, not
+    /// the jobs running, keeps a job that has just taken a slot but not yet
+    /// an instance from making a good instance look surplus.
     fn put_back(&self, member: Member) {
         let mut idle = lock(&self.inner.idle);
         let closing = self.inner.closing.is_cancelled();
-        if closing || idle.len() + self.busy() >= self.capacity() {
+        if closing || self.inner.live.load(Ordering::Relaxed) > self.capacity() {
+            // Retired under the lock, so two instances put back at once
+            // are not both taken for the one too many.
+            let instance = self.retire(member);
             drop(idle);
             if !closing {
                 bump(&self.inner.counters.surplus, 1);
             }
             // Dropping kills the process (`kill_on_drop`).
-            drop(self.retire(member));
+            drop(instance);
             return;
         }
         idle.push(member);
