@@ -11,7 +11,7 @@
 use std::{
     fs,
     io::{self, ErrorKind},
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::fs::FileExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -43,9 +43,10 @@ pub(crate) struct Cgroup {
     dirs: Vec<PathBuf>,
     /// Where the kernel counts OOM kills: `memory.events` or `memory.oom_control`.
     oom_file: PathBuf,
-    /// Counters of the times a limit stopped the group: a file and the key
-    /// of its line, or `None` for a file holding one number.
-    limit_counters: Vec<(PathBuf, Option<&'static str>)>,
+    /// Counters of the times a limit stopped the group: a file, kept open
+    /// because it is read after every job, and the key of its line, or
+    /// `None` for a file holding one number.
+    limit_counters: Vec<(fs::File, Option<&'static str>)>,
 }
 
 impl Layout {
@@ -137,8 +138,8 @@ impl Layout {
                 write(&dir, "pids.max", &pids)?;
                 group.oom_file = dir.join("memory.events");
                 group.limit_counters = vec![
-                    (dir.join("memory.events"), Some("max")),
-                    (dir.join("pids.events"), Some("max")),
+                    (open_counter(&dir, "memory.events")?, Some("max")),
+                    (open_counter(&dir, "pids.events")?, Some("max")),
                 ];
             }
             Self::V1 {
@@ -149,12 +150,12 @@ impl Layout {
                 write(&dir, "memory.limit_in_bytes", &memory)?;
                 write_if_present(&dir, "memory.memsw.limit_in_bytes", &memory)?;
                 group.oom_file = dir.join("memory.oom_control");
-                group.limit_counters = vec![(dir.join("memory.failcnt"), None)];
+                group.limit_counters = vec![(open_counter(&dir, "memory.failcnt")?, None)];
                 let dir = group.make(pids_root.join(&name))?;
                 write(&dir, "pids.max", &pids)?;
                 group
                     .limit_counters
-                    .push((dir.join("pids.events"), Some("max")));
+                    .push((open_counter(&dir, "pids.events")?, Some("max")));
             }
         }
         let procs = group
@@ -180,17 +181,21 @@ impl Cgroup {
 
     /// Whether the kernel's OOM killer has killed anything in the group.
     pub(super) fn oom_killed(&self) -> bool {
+        let text = fs::read_to_string(&self.oom_file).unwrap_or_default();
         ["oom_kill", "oom_group_kill"]
             .into_iter()
-            .any(|key| counter(&self.oom_file, Some(key)) > 0)
+            .any(|key| counter(&text, Some(key)) > 0)
     }
 
     /// Whether the group ever ran into its memory or pids limit (an
     /// allocation had to wait for reclaim, a thread could not be created).
     pub(super) fn limits_reached(&self) -> bool {
-        self.limit_counters
-            .iter()
-            .any(|(file, key)| counter(file, *key) > 0)
+        let mut buffer = [0u8; 512];
+        self.limit_counters.iter().any(|(file, key)| {
+            // Read from the start each time: the kernel renders the file anew.
+            let n = file.read_at(&mut buffer, 0).unwrap_or(0);
+            counter(&String::from_utf8_lossy(&buffer[..n]), *key) > 0
+        })
     }
 
     /// Waits (up to a bound) for the group's processes to be gone, then
@@ -218,6 +223,7 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        self.limit_counters.clear();
         let dirs = std::mem::take(&mut self.dirs);
         if dirs.is_empty() {
             return;
@@ -311,10 +317,9 @@ fn remove_stale(parent: &Path) {
     }
 }
 
-/// The number in `file` (`key: None`) or on its line starting with `key`;
-/// 0 when it cannot be read.
-fn counter(file: &Path, key: Option<&str>) -> u64 {
-    let text = fs::read_to_string(file).unwrap_or_default();
+/// The number in a counter file's `text` (`key: None`) or on its line
+/// starting with `key`; 0 when there is none.
+fn counter(text: &str, key: Option<&str>) -> u64 {
     let value = match key {
         None => text.trim(),
         Some(key) => text
@@ -326,6 +331,11 @@ fn counter(file: &Path, key: Option<&str>) -> u64 {
             .unwrap_or_default(),
     };
     value.trim().parse().unwrap_or(0)
+}
+
+fn open_counter(dir: &Path, file: &str) -> io::Result<fs::File> {
+    fs::File::open(dir.join(file))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
