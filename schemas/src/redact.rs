@@ -82,8 +82,18 @@ fn might_hold_secret(text: &str) -> bool {
         "credential",
         "bearer",
     ];
-    let lower = text.to_ascii_lowercase();
-    MARKERS.iter().any(|m| lower.contains(m))
+    // Case-insensitive, without a lowercased copy: this runs on every
+    // header and path of every logged request.
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, first)| {
+        let first = first.to_ascii_lowercase();
+        MARKERS.iter().any(|m| {
+            m.as_bytes()[0] == first
+                && bytes
+                    .get(i..i + m.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(m.as_bytes()))
+        })
+    })
 }
 
 /// Characters that end a URL's authority, a parameter value or a token.
