@@ -1,6 +1,10 @@
 use api::{App, Config};
 use clap::Parser;
 
+/// mimalloc: the hot paths allocate many small, short-lived buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if let Some(admin) = api::auth::admin::from_args() {

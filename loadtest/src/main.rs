@@ -9,6 +9,10 @@
 
 use clap::Parser as _;
 
+/// mimalloc: the hot paths allocate many small, short-lived buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     loadtest::cli::Cli::parse().run().await

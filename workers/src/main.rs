@@ -1,6 +1,10 @@
 use clap::Parser;
 use workers::{App, Config};
 
+/// mimalloc: the hot paths allocate many small, short-lived buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     schemas::service::init_tracing();
