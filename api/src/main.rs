@@ -1,9 +1,9 @@
 use api::{App, Config};
 use clap::Parser;
 
-/// mimalloc: the hot paths allocate many small, short-lived buffers.
+/// jemalloc: the hot paths allocate many small, short-lived buffers.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
