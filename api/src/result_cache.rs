@@ -16,6 +16,7 @@ use serde_json::{value::RawValue, Value};
 use sha2::{Digest, Sha256};
 use std::{
     fmt::Write as _,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -119,10 +120,13 @@ pub async fn lookup(
 }
 
 /// Stores a successful result for `ttl` (nothing when `ttl` is zero or the
-/// result is larger than [`MAX_CACHED_BYTES`]).
+/// result is larger than [`MAX_CACHED_BYTES`]) without waiting for the
+/// cache's answer: the write is queued on the shared connection before this
+/// returns, so a later lookup of the same key comes after it, and the rest
+/// of it finishes in the background.
 pub async fn store(
-    cache: &Cache,
-    key: &str,
+    cache: &Arc<Cache>,
+    key: String,
     result: &RawValue,
     execution_time: f64,
     ttl: Duration,
@@ -135,8 +139,13 @@ pub async fn store(
         execution_time,
         stored_at_ms: unix_ms(),
     };
-    if let Ok(bytes) = serde_json::to_vec(&entry) {
-        cache.set(key, bytes, ttl).await;
+    let Ok(bytes) = serde_json::to_vec(&entry) else {
+        return;
+    };
+    let cache = Arc::clone(cache);
+    let mut write = Box::pin(async move { cache.set(&key, bytes, ttl).await });
+    if futures::poll!(write.as_mut()).is_pending() {
+        tokio::spawn(write);
     }
 }
 

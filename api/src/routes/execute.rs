@@ -177,7 +177,7 @@ async fn execute(
     })?;
     let result_raw = RawValue::from_string(result_json).map_err(ApiError::internal)?;
     let execution_time = (result.execution_time_ms * 1000.0).round() / 1000.0;
-    if let Some(key) = &cache_key {
+    if let Some(key) = cache_key {
         result_cache::store(&state.cache, key, &result_raw, execution_time, cache_ttl).await;
     }
     respond(&session, execution_time, false, &result_raw)
