@@ -44,9 +44,10 @@ pub(crate) struct Cgroup {
     /// Where the kernel counts OOM kills: `memory.events` or `memory.oom_control`.
     oom_file: PathBuf,
     /// Counters of the times a limit stopped the group: a file, kept open
-    /// because it is read after every job, and the key of its line, or
-    /// `None` for a file holding one number.
-    limit_counters: Vec<(fs::File, Option<&'static str>)>,
+    /// because it is read after every job (`None` where the kernel has no
+    /// such file: it counts as 0), and the key of its line, or `None` for a
+    /// file holding one number.
+    limit_counters: Vec<(Option<fs::File>, Option<&'static str>)>,
 }
 
 impl Layout {
@@ -138,8 +139,8 @@ impl Layout {
                 write(&dir, "pids.max", &pids)?;
                 group.oom_file = dir.join("memory.events");
                 group.limit_counters = vec![
-                    (open_counter(&dir, "memory.events")?, Some("max")),
-                    (open_counter(&dir, "pids.events")?, Some("max")),
+                    (open_counter(&dir, "memory.events"), Some("max")),
+                    (open_counter(&dir, "pids.events"), Some("max")),
                 ];
             }
             Self::V1 {
@@ -150,12 +151,12 @@ impl Layout {
                 write(&dir, "memory.limit_in_bytes", &memory)?;
                 write_if_present(&dir, "memory.memsw.limit_in_bytes", &memory)?;
                 group.oom_file = dir.join("memory.oom_control");
-                group.limit_counters = vec![(open_counter(&dir, "memory.failcnt")?, None)];
+                group.limit_counters = vec![(open_counter(&dir, "memory.failcnt"), None)];
                 let dir = group.make(pids_root.join(&name))?;
                 write(&dir, "pids.max", &pids)?;
                 group
                     .limit_counters
-                    .push((open_counter(&dir, "pids.events")?, Some("max")));
+                    .push((open_counter(&dir, "pids.events"), Some("max")));
             }
         }
         let procs = group
@@ -193,7 +194,10 @@ impl Cgroup {
         let mut buffer = [0u8; 512];
         self.limit_counters.iter().any(|(file, key)| {
             // Read from the start each time: the kernel renders the file anew.
-            let n = file.read_at(&mut buffer, 0).unwrap_or(0);
+            let n = file
+                .as_ref()
+                .and_then(|f| f.read_at(&mut buffer, 0).ok())
+                .unwrap_or(0);
             counter(&String::from_utf8_lossy(&buffer[..n]), *key) > 0
         })
     }
@@ -333,9 +337,8 @@ fn counter(text: &str, key: Option<&str>) -> u64 {
     value.trim().parse().unwrap_or(0)
 }
 
-fn open_counter(dir: &Path, file: &str) -> io::Result<fs::File> {
-    fs::File::open(dir.join(file))
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
+fn open_counter(dir: &Path, file: &str) -> Option<fs::File> {
+    fs::File::open(dir.join(file)).ok()
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
