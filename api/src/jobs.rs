@@ -73,7 +73,7 @@ pub async fn insert(db: &PgPool, jobs: &[NewJob]) -> Result<Vec<Uuid>, sqlx::Err
         "INSERT INTO jobs (job_id, batch_id, owner, request_id, language, language_title,
                            script_hash, params, context, timeout_ms, memory_mb,
                            callback_url, idempotency_key)
-         SELECT id, batch, owner, request, language, lt, hash, params::jsonb, context::jsonb,
+         SELECT id, batch, owner, request, language, lt, hash, params::json, context::json,
                 timeout, memory, callback, key
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::bigint[], $11::int[],

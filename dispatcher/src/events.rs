@@ -174,7 +174,7 @@ impl EventRecorder {
                 self.metrics.redelivered(language);
             }
         }
-        let finished = records::finish(&self.db, &ends).await?;
+        let finished = records::finish_each(&self.db, &ends).await?;
         self.metrics.finished(&finished);
         for f in finished.iter().filter(|f| rerun.contains(&f.job_id)) {
             self.metrics.redelivered_title(&f.language_title);

@@ -6,7 +6,7 @@
 //! reported. The records that did transition are then published on
 //! `<prefix>.results.<language_title>`.
 
-use schemas::{JobResult, JobStatus, Subjects};
+use schemas::{ErrorCode, JobResult, JobStatus, Subjects};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -50,6 +50,24 @@ impl Terminal {
     }
 }
 
+impl Terminal {
+    /// The end of a job whose reported end PostgreSQL refused to hold: the
+    /// job fails with the reason, and what could not be stored is dropped.
+    fn unstorable(&self, reason: &str) -> Self {
+        Self {
+            status: JobStatus::Failed,
+            result_json: None,
+            logs: None,
+            error: Some(json!({
+                "code": ErrorCode::RuntimeError,
+                "message": format!("the job's result could not be stored: {reason}"),
+                "details": Value::Null,
+            })),
+            ..self.clone()
+        }
+    }
+}
+
 /// A job that reached its terminal status in this call.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -83,7 +101,7 @@ pub async fn finish(db: &PgPool, ends: &[Terminal]) -> Result<Vec<Finished>, sql
     let rows: Vec<(Uuid, String, Value)> = sqlx::query_as(
         "UPDATE jobs j SET status = t.status, attempts = GREATEST(j.attempts, t.attempt),
                 worker_id = COALESCE(t.worker, j.worker_id),
-                result = t.result::jsonb, error = t.error::jsonb, logs = t.logs::jsonb,
+                result = t.result::json, error = t.error::json, logs = t.logs::json,
                 execution_time_ms = t.ms, finished_at = now(), updated_at = now(),
                 started_at = COALESCE(j.started_at,
                     CASE WHEN t.ms IS NULL THEN NULL
@@ -113,6 +131,47 @@ pub async fn finish(db: &PgPool, ends: &[Terminal]) -> Result<Vec<Finished>, sql
             record,
         })
         .collect())
+}
+
+/// [`finish`], where one end that PostgreSQL refuses (text it cannot hold, a
+/// value past one of its limits) does not hold back the others: the batch
+/// is retried one end at a time, and an end refused on its own is recorded
+/// as the job's failure, with the reason. Other errors (the database is
+/// away) are returned, for the whole batch to be tried again later.
+pub async fn finish_each(db: &PgPool, ends: &[Terminal]) -> Result<Vec<Finished>, sqlx::Error> {
+    let error = match finish(db, ends).await {
+        Ok(done) => return Ok(done),
+        Err(error) => error,
+    };
+    let Some(reason) = refused_value(&error) else {
+        return Err(error);
+    };
+    if let [end] = ends {
+        tracing::warn!(job_id = %end.job_id, %reason, "a job's end could not be stored");
+        return finish(db, &[end.unstorable(&reason)]).await;
+    }
+    let mut finished = Vec::new();
+    for end in ends {
+        match finish(db, std::slice::from_ref(end)).await {
+            Ok(done) => finished.extend(done),
+            Err(e) => match refused_value(&e) {
+                Some(reason) => {
+                    tracing::warn!(job_id = %end.job_id, %reason, "a job's end could not be stored");
+                    finished.extend(finish(db, &[end.unstorable(&reason)]).await?);
+                }
+                None => return Err(e),
+            },
+        }
+    }
+    Ok(finished)
+}
+
+/// Why PostgreSQL refused a value (SQLSTATE class 22, data exception, or
+/// 54, program limit exceeded), or `None` for any other error.
+fn refused_value(error: &sqlx::Error) -> Option<String> {
+    let db = error.as_database_error()?;
+    let code = db.code()?;
+    (code.starts_with("22") || code.starts_with("54")).then(|| db.message().to_owned())
 }
 
 /// Publishes terminal records on `<prefix>.results.<language_title>` (core

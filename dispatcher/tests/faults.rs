@@ -124,7 +124,7 @@ async fn events_wait_out_a_postgresql_outage() {
     })
     .await;
     let wrong: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE result <> to_jsonb((params->>'n')::int * 2)",
+        "SELECT count(*) FROM jobs WHERE result::jsonb <> to_jsonb((params->>'n')::int * 2)",
     )
     .fetch_one(&h.db)
     .await

@@ -66,6 +66,52 @@ async fn a_job_reported_many_times_commits_exactly_one_result() {
 }
 
 #[tokio::test]
+async fn a_result_postgresql_would_refuse_holds_back_no_other_job() {
+    let h = Harness::new().await;
+    let recorder = h.app().await.event_recorder();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(h.insert_job(n).await);
+    }
+    let (nul, broken) = (h.insert_job(100).await, h.insert_job(101).await);
+    // Valid JSON that jsonb refuses, in the result and in the logs.
+    let with_nul = JobResult::success(nul, r#"{"s":"a\u0000b"}"#.into(), 1.0, vec!["x\0y".into()]);
+    h.report(nul, 1, Some(with_nul)).await;
+    // Not JSON at all: a worker that is not ours published it.
+    h.report(
+        broken,
+        1,
+        Some(JobResult::success(broken, "{".into(), 1.0, vec![])),
+    )
+    .await;
+    for (n, id) in ids.iter().enumerate() {
+        let result = JobResult::success(*id, (2 * n).to_string(), 1.0, vec![]);
+        h.report(*id, 1, Some(result)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while recorder.process_next(WAIT).await.unwrap() > 0 {}
+    })
+    .await
+    .expect("the events are recorded");
+
+    for (n, id) in ids.iter().enumerate() {
+        let record = h.record(*id).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["result"], 2 * n, "{record}");
+    }
+    let kept = h.record(nul).await;
+    assert_eq!(kept["status"], "succeeded", "{kept}");
+    assert_eq!(kept["result"]["s"], "a\0b", "stored as given: {kept}");
+    assert_eq!(kept["logs"][0], "x\0y", "{kept}");
+    let refused = h.record(broken).await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["error"]["code"], "RUNTIME_ERROR", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("could not be stored"), "{message}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn timeouts_and_script_errors_are_terminal_statuses() {
     let h = Harness::new().await;
     let recorder = h.app().await.event_recorder();

@@ -164,7 +164,7 @@ async fn initialize(
     sqlx::query(
         "INSERT INTO sessions (request_id, owner, language_title, language, script_hash,
                                context, timeout_ms, memory_mb, retain, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)",
+         VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8, $9, $10, $11)",
     )
     .bind(session.request_id)
     .bind(&session.owner)

@@ -13,6 +13,7 @@ mod jobs;
 mod limits;
 mod metrics;
 mod openapi;
+mod poison;
 mod python;
 mod request_logs;
 mod resilience;

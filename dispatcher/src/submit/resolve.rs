@@ -261,7 +261,7 @@ pub(crate) async fn insert(db: &PgPool, all: &[&Submission]) -> Result<Vec<Uuid>
     sqlx::query_scalar(
         "INSERT INTO jobs (job_id, owner, request_id, language, language_title, script_hash,
                            params, context, timeout_ms, memory_mb, callback_url, idempotency_key)
-         SELECT id, owner, request, language, lt, hash, params::jsonb, context::jsonb,
+         SELECT id, owner, request, language, lt, hash, params::json, context::json,
                 timeout, memory, callback, idem
          FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::bigint[], $10::int[], $11::text[], $12::text[])
