@@ -10,8 +10,13 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export BIND_ADDR="${BIND_ADDR:-127.0.0.1:8080}"
 export RUST_LOG="${RUST_LOG:-info}"
-# Local development: callbacks may go to services on this machine.
-export CALLBACK_ALLOW_PRIVATE="${CALLBACK_ALLOW_PRIVATE:-true}"
+# Callbacks to private and loopback addresses stay refused (scripts must not
+# reach this machine's services through them); CALLBACK_ALLOW_PRIVATE=true
+# allows them, for a callback receiver under development on this machine.
+export CALLBACK_ALLOW_PRIVATE="${CALLBACK_ALLOW_PRIVATE:-false}"
+if [ "$CALLBACK_ALLOW_PRIVATE" = "true" ]; then
+  log "callbacks may go to private and loopback addresses (CALLBACK_ALLOW_PRIVATE=true)"
+fi
 # Each process serves its own Prometheus metrics (the API on BIND_ADDR).
 export DISPATCHER_METRICS_ADDR="${DISPATCHER_METRICS_ADDR:-127.0.0.1:9091}"
 export WORKER_METRICS_ADDR="${WORKER_METRICS_ADDR:-127.0.0.1:9092}"
