@@ -18,6 +18,10 @@ pub struct CompileRequest {
     /// honour only what they allow (an `opt_level`), never pass it through.
     #[serde(default = "empty_object")]
     pub options_json: String,
+    /// Whose script it is: a worker compiles one script per owner at a
+    /// time, so one tenant's slow sources cannot take every compile slot.
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// Whether the script compiled.
@@ -50,6 +54,7 @@ mod tests {
             language: Language::Rust,
             script: "fn handler() {}".to_owned(),
             options_json: r#"{"opt_level":"2"}"#.to_owned(),
+            owner: "tenant-a".to_owned(),
         };
         assert_eq!(
             decode::<CompileRequest>(&encode(&request).unwrap()).unwrap(),

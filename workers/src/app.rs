@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long each runtime may take to exit by itself at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+/// Room in a NATS message for what travels beside a result: the job id,
+/// the worker id, the timing, the framing.
+const REPLY_HEADROOM: usize = 4096;
 
 /// A worker, connected and with its runtimes warm.
 pub struct App {
@@ -47,9 +50,31 @@ pub struct AppHandle {
 impl App {
     /// Starts the runtime pools (every process is up when this returns),
     /// connects to NATS and creates the job consumers.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
         if config.heartbeat_ms == 0 {
             bail!("WORKER_HEARTBEAT_MS must be positive");
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("workers {}", config.worker_id))
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    schemas::redact::text(&config.nats_url)
+                )
+            })?;
+        // A result must fit in one NATS message with its envelope.
+        let max_payload = client.server_info().max_payload;
+        let travels = max_payload.saturating_sub(REPLY_HEADROOM);
+        if config.max_output_bytes > travels {
+            tracing::warn!(
+                max_payload,
+                "WORKER_MAX_OUTPUT_BYTES={} is more than a NATS message carries: results are \
+                 limited to {travels} bytes (raise max_payload in the NATS configuration)",
+                config.max_output_bytes
+            );
+            config.max_output_bytes = travels;
         }
         let mut languages = config.languages.clone();
         languages.sort_unstable();
@@ -76,22 +101,13 @@ impl App {
             let policy = PoolPolicy {
                 capacity: size,
                 prewarm: if config.prewarm { size } else { 0 },
+                spare: config.spare_processes,
                 max_uses: config.max_uses.max(1),
                 idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
             };
             pools.push(Pool::start_with(launcher, policy).await?);
         }
 
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("workers {}", config.worker_id))
-            .connect(&config.nats_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to NATS at {}",
-                    schemas::redact::text(&config.nats_url)
-                )
-            })?;
         let js = async_nats::jetstream::new(client.clone());
         let subjects = Subjects::new(config.nats_prefix.clone());
         let worker_id: Arc<str> = config.worker_id.into();
@@ -117,6 +133,7 @@ impl App {
                 subjects: subjects.clone(),
                 cancels: Default::default(),
                 metrics: Arc::clone(&metrics),
+                max_payload,
             };
             metrics.serve(pool.language());
             consumers.push((consumer, runner));
@@ -275,6 +292,7 @@ async fn wasm_engine(
             cache_dir: config.cache_dir.clone(),
             crates_dir: config.rust_crates_dir.clone(),
             timeout: Duration::from_secs(config.rust_compile_timeout_seconds),
+            sandbox: config.sandbox(),
             ..RustOptions::default()
         })
         .await?;

@@ -2,11 +2,18 @@
 //! one worker answers each) for the languages the wasm engine serves: the
 //! script is compiled and kept, so the first execute here is warm, and the
 //! diagnostics go back to the API, which refuses the initialize with them.
+//!
+//! Compilations take [`CONCURRENT_COMPILES`] slots, at most one per owner at
+//! a time: an owner's second request waits behind its first, not in a slot,
+//! so a tenant sending slow sources holds one slot, never all of them.
 
 use crate::runtime::wasm::WasmEngine;
 use futures::StreamExt;
 use schemas::{codec, CompileRequest, CompileResult, Language, Subjects};
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -55,6 +62,7 @@ impl CompileService {
         } = self;
         let mut requests = futures::stream::select_all(subscriptions);
         let permits = Arc::new(Semaphore::new(CONCURRENT_COMPILES));
+        let owners = Arc::new(Owners::default());
         let tasks = TaskTracker::new();
         loop {
             let message = tokio::select! {
@@ -69,12 +77,20 @@ impl CompileService {
             };
             let (client, engine, worker_id) =
                 (client.clone(), Arc::clone(&engine), Arc::clone(&worker_id));
-            let permits = Arc::clone(&permits);
+            let (permits, owners) = (Arc::clone(&permits), Arc::clone(&owners));
             tasks.spawn(async move {
+                let request = codec::decode::<CompileRequest>(&message.payload);
+                let owner = request
+                    .as_ref()
+                    .map_or_else(|_| String::new(), |r| r.owner.clone());
+                let turn = owners.turn(&owner);
+                let _own_turn = turn.lock().await;
                 let Ok(_permit) = permits.acquire().await else {
                     return;
                 };
-                let mut result = compile(&engine, &message.payload).await;
+                let mut result = compile(&engine, request).await;
+                drop(_own_turn);
+                owners.done(&owner, turn);
                 result.worker_id = worker_id.to_string();
                 match codec::encode(&result) {
                     Ok(payload) => {
@@ -91,15 +107,39 @@ impl CompileService {
     }
 }
 
+/// One lock per owner with a compilation running or waiting.
+#[derive(Default)]
+struct Owners(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Owners {
+    /// The lock an owner's compilations take in turn.
+    fn turn(&self, owner: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut owners = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(owners.entry(owner.to_owned()).or_default())
+    }
+
+    /// Forgets the owner's lock once no compilation holds or awaits it.
+    fn done(&self, owner: &str, turn: Arc<tokio::sync::Mutex<()>>) {
+        let mut owners = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(turn);
+        if owners.get(owner).is_some_and(|t| Arc::strong_count(t) == 1) {
+            owners.remove(owner);
+        }
+    }
+}
+
 /// Compiles the request's script.
-async fn compile(engine: &WasmEngine, payload: &[u8]) -> CompileResult {
+async fn compile(
+    engine: &WasmEngine,
+    request: Result<CompileRequest, codec::CodecError>,
+) -> CompileResult {
     let failure = |message: String, diagnostics: String| CompileResult {
         ok: false,
         message,
         diagnostics,
         worker_id: String::new(),
     };
-    let request: CompileRequest = match codec::decode(payload) {
+    let request = match request {
         Ok(request) => request,
         Err(e) => return failure("undecodable compile request".to_owned(), e.to_string()),
     };

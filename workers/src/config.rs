@@ -1,7 +1,7 @@
 //! The worker's configuration: command-line flags, each also read from the
 //! environment variable named beside it.
 
-use crate::sandbox::{Sandbox, SandboxSettings};
+use crate::sandbox::{Sandbox, SandboxSettings, UidRange};
 use clap::{Parser, ValueEnum};
 use schemas::{Language, Subjects};
 
@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout_seconds: u64,
 
+    /// Fresh runtime processes each pool keeps ready beside its busy and
+    /// warm ones: a warm process runs one function only, so a function
+    /// without one takes a spare instead of waiting for a start.
+    #[arg(long, env = "WORKER_SPARE_PROCESSES", default_value_t = 1)]
+    pub spare_processes: usize,
+
     /// Start every runtime process at start-up (else on the first job).
     #[arg(long, env = "WORKER_PREWARM", default_value_t = true, action = clap::ArgAction::Set)]
     pub prewarm: bool,
@@ -78,10 +84,20 @@ pub struct Config {
     #[arg(long, env = "WORKER_SANDBOX", value_enum, default_value_t = SandboxMode::On)]
     pub sandbox: SandboxMode,
 
-    /// uid (and gid) sandboxed runtimes run as; the worker, started as root,
-    /// drops to it for them.
-    #[arg(long, env = "WORKER_SANDBOX_UID", default_value_t = 65534)]
-    pub sandbox_uid: u32,
+    /// First uid (and gid) of the range sandboxed processes run as, one
+    /// uid per process at a time (when the worker is root).
+    #[arg(long, env = "WORKER_SANDBOX_UID_BASE", default_value_t = UidRange::default().first)]
+    pub sandbox_uid_base: u32,
+
+    /// How many uids the range holds: at least the processes a worker (or
+    /// all workers of a machine) may run at once.
+    #[arg(long, env = "WORKER_SANDBOX_UID_COUNT", default_value_t = UidRange::default().count)]
+    pub sandbox_uid_count: u32,
+
+    /// CPU time each sandboxed process may use, in cores (a cgroup quota);
+    /// 0 sets none.
+    #[arg(long, env = "WORKER_CPU_LIMIT", default_value_t = 1.0)]
+    pub cpu_limit: f64,
 
     /// Size of each runtime process's private scratch directory (/tmp), in MiB.
     #[arg(long, env = "WORKER_SCRATCH_MB", default_value_t = 64)]
@@ -159,8 +175,13 @@ impl Config {
     pub fn sandbox(&self) -> Sandbox {
         match self.sandbox {
             SandboxMode::On => Sandbox::new(SandboxSettings {
-                uid: self.sandbox_uid,
+                uids: UidRange {
+                    first: self.sandbox_uid_base,
+                    count: self.sandbox_uid_count,
+                },
                 scratch_mb: self.scratch_mb,
+                // Whole thousandths of a core; negative and NaN count as 0.
+                cpu_millis: (self.cpu_limit * 1000.0).clamp(0.0, f64::from(u32::MAX)) as u32,
             }),
             SandboxMode::Off => Sandbox::disabled(),
         }

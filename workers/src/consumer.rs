@@ -89,6 +89,8 @@ pub(crate) struct JobRunner {
     /// Asynchronous jobs running here, and those cancelled before they came.
     pub(crate) cancels: Cancellations,
     pub(crate) metrics: Arc<Metrics>,
+    /// The largest message the NATS server takes (its `max_payload`).
+    pub(crate) max_payload: usize,
 }
 
 /// Pulls until `shutdown`, then waits (bounded) for the jobs it started.
@@ -338,7 +340,7 @@ impl JobRunner {
         let Some(reply_to) = job.reply_to else {
             return Disposition::Ack;
         };
-        let published = match codec::encode(&result) {
+        let published = match crate::report::encode_within(&mut result, |r| r, self.max_payload) {
             Ok(payload) => self.client.publish(reply_to, payload.into()).await,
             Err(e) => {
                 tracing::error!(error = %e, "encoding a result");

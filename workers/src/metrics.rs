@@ -84,7 +84,7 @@ impl Metrics {
             stops: r.counter(
                 "worker_runtime_stops_total",
                 "Runtime instances stopped, by language and reason \
-                 (recycled: max uses, replaced: broken or killed, owner, idle, surplus)",
+                 (recycled: max uses, replaced: broken or killed, evicted: room for another function, idle, surplus)",
                 &["language", "reason"],
             ),
             synced: Mutex::default(),
@@ -110,7 +110,7 @@ impl Metrics {
             self.acks.with_label_values(&[l, kind]);
         }
         self.starts.with_label_values(&[l]);
-        for reason in ["recycled", "replaced", "owner", "idle", "surplus"] {
+        for reason in ["recycled", "replaced", "evicted", "idle", "surplus"] {
             self.stops.with_label_values(&[l, reason]);
         }
     }
@@ -175,7 +175,7 @@ impl Metrics {
         for (reason, now, before) in [
             ("recycled", now.recycled, before.recycled),
             ("replaced", now.replaced, before.replaced),
-            ("owner", now.owner_changed, before.owner_changed),
+            ("evicted", now.evicted, before.evicted),
             ("idle", now.idle, before.idle),
             ("surplus", now.surplus, before.surplus),
         ] {

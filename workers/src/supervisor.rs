@@ -4,7 +4,7 @@
 //! its stderr is drained (bounded: long lines are cut, only a tail is kept),
 //! and how it is stopped.
 
-use crate::sandbox::{kill_process_group, Confinement, Sandbox};
+use crate::sandbox::{kill_process_group, Confinement, Profile, Sandbox};
 use std::{
     ffi::OsString,
     io,
@@ -38,6 +38,8 @@ pub(crate) struct ProcessSpec {
     /// MiB; the sandbox adds its scratch size, which is charged to it too.
     pub(crate) memory_mb: u32,
     pub(crate) sandbox: Sandbox,
+    /// What the sandbox allows the process.
+    pub(crate) profile: Profile,
 }
 
 /// A running child with its pipes taken out: the caller speaks to it through
@@ -110,6 +112,25 @@ impl Supervised {
             tracing::debug!(pid = self.pid, error = %e, "killing the process group");
             let _ = self.child.start_kill();
         }
+        // A frozen process dies only once thawed.
+        let _ = self.thaw();
+    }
+
+    /// Stops every task of a sandboxed process where it is, until [`thaw`];
+    /// nothing for an unconfined one.
+    ///
+    /// [`thaw`]: Supervised::thaw
+    pub(crate) fn freeze(&self) -> io::Result<()> {
+        self.confinement.cgroup().map_or(Ok(()), |c| c.freeze())
+    }
+
+    pub(crate) fn thaw(&self) -> io::Result<()> {
+        self.confinement.cgroup().map_or(Ok(()), |c| c.thaw())
+    }
+
+    /// Tasks (processes and threads) of a sandboxed process now.
+    pub(crate) fn tasks(&self) -> Option<u64> {
+        self.confinement.cgroup().map(|c| c.tasks())
     }
 
     /// Whether the process ever ran into a limit of its sandbox (memory,
@@ -246,6 +267,7 @@ mod tests {
             label: "test",
             memory_mb: 32,
             sandbox,
+            profile: Profile::Runtime,
         }
     }
 
@@ -276,6 +298,7 @@ mod tests {
             label: "test",
             memory_mb: 256,
             sandbox: Sandbox::default(),
+            profile: Profile::Runtime,
         };
         let (mut child, _pipes) = Supervised::spawn(&spec).unwrap();
         let ending = child.wait_or_kill(Duration::from_secs(20)).await;

@@ -72,6 +72,8 @@ async fn metrics_count_executions_kills_acks_and_pool_instances() {
     config.languages = vec![Language::Nodejs];
     config.nodejs_pool_size = 1;
     config.max_uses = 2;
+    // No spare: the count of processes below stays exact.
+    config.spare_processes = 0;
     config.worker_id = format!("metered-{}", config.nats_prefix);
     config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     let subjects = Subjects::new(config.nats_prefix.clone());
@@ -159,7 +161,12 @@ async fn metrics_count_executions_kills_acks_and_pool_instances() {
         (acks("ack"), 4.0),
         (acks("term"), 1.0),
         (acks("nak"), 0.0),
-        // Recycled after two jobs, replaced after the kill.
+        // Recycled after two jobs, evicted for the looping script (another
+        // function than the throwing one), replaced after the kill.
+        (
+            series("lambda_worker_runtime_stops_total", r#",reason="evicted""#),
+            1.0,
+        ),
         (
             series("lambda_worker_runtime_stops_total", r#",reason="recycled""#),
             1.0,

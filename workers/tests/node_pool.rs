@@ -273,7 +273,8 @@ async fn runs_jobs_concurrently_on_every_process() {
         assert_eq!(result(&execution.unwrap().unwrap()), json!(a * 2));
     }
     assert_eq!(pool.busy(), 0);
-    assert_eq!(pool.pids().len(), 2);
+    // The two that ran the jobs, and maybe the spare started meanwhile.
+    assert!((2..=3).contains(&pool.pids().len()), "{:?}", pool.pids());
 }
 
 #[tokio::test]

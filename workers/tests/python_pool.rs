@@ -169,7 +169,6 @@ async fn exceptions_report_the_script_line_and_stack() {
 #[tokio::test]
 async fn huge_errors_are_clipped_and_recursion_is_summarised() {
     let pool = pool(1).await;
-    let before = pool.pids();
     let execution = run(&pool, "raise ValueError('x' * 5_000_000)", json!({})).await;
     let error = execution.outcome.as_ref().unwrap_err();
     assert_eq!(error.code, ErrorCode::RuntimeError);
@@ -187,7 +186,12 @@ async fn huge_errors_are_clipped_and_recursion_is_summarised() {
     let stack = details["stack"].as_str().unwrap();
     assert!(stack.contains("more times]"), "{stack}");
     assert!(stack.len() < 2_000, "{stack}");
-    assert_eq!(pool.pids(), before, "the process was kept");
+    let stats = pool.stats();
+    assert_eq!(
+        stats.replaced + stats.recycled,
+        0,
+        "the process was kept: {stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -208,7 +212,6 @@ async fn syntax_errors_report_their_line() {
 #[tokio::test]
 async fn exit_and_interrupt_fail_only_the_job() {
     let pool = pool(1).await;
-    let before = pool.pids();
     let execution = run(&pool, "import sys\nsys.exit(3)", json!({})).await;
     assert_eq!(execution.outcome.unwrap_err().message, "SystemExit: 3");
     let execution = run(&pool, "raise KeyboardInterrupt('stop')", json!({})).await;
@@ -217,7 +220,12 @@ async fn exit_and_interrupt_fail_only_the_job() {
         "KeyboardInterrupt: stop"
     );
     still_serves(&pool).await;
-    assert_eq!(pool.pids(), before, "the process was kept");
+    let stats = pool.stats();
+    assert_eq!(
+        stats.replaced + stats.recycled,
+        0,
+        "the process was kept: {stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -323,12 +331,16 @@ async fn os_exit_fails_the_job_and_is_replaced() {
 #[tokio::test]
 async fn writes_to_fd_1_cannot_break_the_protocol() {
     let pool = pool(1).await;
-    let before = pool.pids();
     let script = "import os, sys\nos.write(1, b'junk\\n')\n\
                   sys.__stdout__.write('more junk\\n')\nsys.__stdout__.flush()\nresult = 1";
     assert_eq!(result(&run(&pool, script, json!({})).await), json!(1));
     still_serves(&pool).await;
-    assert_eq!(pool.pids(), before);
+    let stats = pool.stats();
+    assert_eq!(
+        stats.replaced + stats.recycled,
+        0,
+        "the process was kept: {stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -358,7 +370,8 @@ async fn runs_jobs_concurrently_on_every_process() {
         assert_eq!(result(&execution.unwrap().unwrap()), json!(a * 2));
     }
     assert_eq!(pool.busy(), 0);
-    assert_eq!(pool.pids().len(), 2);
+    // The two that ran the jobs, and maybe the spare started meanwhile.
+    assert!((2..=3).contains(&pool.pids().len()), "{:?}", pool.pids());
 }
 
 /// Warm cost of a trivial job: `cargo test -p workers --test python_pool --

@@ -117,7 +117,7 @@ async fn initialize(
     };
     let language = language_title.language;
     let hash = script_hash(language, &script);
-    compile(&state, language, &hash, &script, &context).await?;
+    compile(&state, owner, language, &hash, &script, &context).await?;
     let now = Utc::now();
     let session = Session {
         request_id: Uuid::now_v7(),
@@ -195,6 +195,7 @@ async fn initialize(
 /// refused here with the diagnostics, and nothing is stored.
 async fn compile(
     state: &AppState,
+    owner: &str,
     language: Language,
     hash: &str,
     script: &str,
@@ -219,6 +220,7 @@ async fn compile(
         language,
         script: script.to_owned(),
         options_json: options.to_string(),
+        owner: owner.to_owned(),
     };
     let payload = codec::encode(&request).map_err(ApiError::internal)?;
     let unavailable = |why: String| {

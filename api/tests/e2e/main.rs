@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)] // test modules share helpers through `pub`
 
 mod auth;
+mod containment;
 mod dashboard;
 mod errors;
 mod execution;

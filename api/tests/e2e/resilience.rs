@@ -47,8 +47,9 @@ async fn a_runtime_killed_mid_job_fails_that_job_and_the_pool_recovers() {
 
     let (s, b) = stack.execute(&ok, json!({"a": 5, "b": 3})).await;
     assert_eq!((s, &b["result"]), (StatusCode::OK, &json!(8)), "{b}");
+    // The pool's two processes, and perhaps the spare it keeps.
     let fresh = stack.node_pids();
-    assert_eq!(fresh.len(), 2);
+    assert!((2..=3).contains(&fresh.len()), "{fresh:?}");
     assert!(
         fresh.iter().all(|p| !pids.contains(p)),
         "killed children were replaced"

@@ -1,13 +1,19 @@
 //! A pool of warm instances of one runtime.
 //!
 //! The pool has `capacity` slots (a semaphore); a [`Reservation`] holds one.
-//! Warm instances wait in `idle`. A job runs on an idle instance of the same
-//! owner if there is one, else on a fresh one: an instance that ran one
-//! owner's code never runs another's (it is stopped and a fresh one started
-//! instead). Instances are also replaced after `max_uses` jobs, when they
-//! break, and stopped after `idle_timeout` without work; a slot without a
-//! warm instance starts one on demand. Broken instances are replaced in the
-//! background, with backoff when starting fails.
+//! Warm instances wait in `idle`. An instance belongs to one function, the
+//! pair (owner, script hash), from its first job on, as a warm Lambda
+//! execution environment belongs to one function version: it never runs
+//! another script, so no realm, module, builtin or file of one function is
+//! ever seen by another. A job runs on an idle instance of its function if
+//! there is one (most recently used first), else on a fresh one (never used;
+//! the pool keeps `spare` of them ready beside the slots, started in the
+//! background), else on one started for it. At most `capacity + spare`
+//! instances exist: past that, the least recently used idle instance of
+//! another function is stopped. Instances are also replaced after
+//! `max_uses` jobs, when they break, and stopped after `idle_timeout`
+//! without work. Broken instances are replaced in the background, with
+//! backoff when starting fails.
 
 use super::{Execution, Instance, Invocation, LaunchError, Launcher, RuntimeError};
 use schemas::Language;
@@ -32,6 +38,9 @@ pub struct PoolPolicy {
     pub capacity: usize,
     /// Warm instances started with the pool.
     pub prewarm: usize,
+    /// Fresh instances kept ready (beyond the `capacity` that run jobs), so
+    /// that a function without a warm instance seldom waits for a start.
+    pub spare: usize,
     /// Jobs an instance runs before it is replaced by a fresh one.
     pub max_uses: u64,
     /// An instance idle this long is stopped (and started again on demand).
@@ -39,12 +48,13 @@ pub struct PoolPolicy {
 }
 
 impl PoolPolicy {
-    /// `capacity` slots, all prewarmed, recycled after 10,000 jobs, idle
-    /// instances stopped after 5 minutes.
+    /// `capacity` slots, all prewarmed, one spare, recycled after 10,000
+    /// jobs, idle instances stopped after 5 minutes.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
             prewarm: capacity,
+            spare: 1,
             max_uses: 10_000,
             idle_timeout: Duration::from_secs(300),
         }
@@ -62,12 +72,12 @@ pub struct PoolStats {
     /// Stopped because they broke or were killed (a timeout, the memory
     /// limit, a job cut short).
     pub replaced: u64,
-    /// Stopped because the next job was another owner's.
-    pub owner_changed: u64,
+    /// Stopped to make room for an instance of another function.
+    pub evicted: u64,
     /// Stopped after `idle_timeout` without work.
     pub idle: u64,
     /// Stopped at once when warmed, because the pool already kept as many
-    /// as it has slots (a replacement that lost the race to an on-demand start).
+    /// as it may (a replacement that lost the race to an on-demand start).
     pub surplus: u64,
 }
 
@@ -76,7 +86,7 @@ struct Counters {
     started: AtomicU64,
     recycled: AtomicU64,
     replaced: AtomicU64,
-    owner_changed: AtomicU64,
+    evicted: AtomicU64,
     idle: AtomicU64,
     surplus: AtomicU64,
 }
@@ -109,8 +119,9 @@ struct Inner {
 struct Member {
     id: u64,
     instance: Box<dyn Instance>,
-    /// The owner whose code this instance has run, if any yet.
-    owner: Option<String>,
+    /// The function (owner, script hash) whose code this instance has run,
+    /// if any yet.
+    function: Option<String>,
     uses: u64,
     last_used: Instant,
 }
@@ -181,7 +192,7 @@ impl Pool {
             started: read(&c.started),
             recycled: read(&c.recycled),
             replaced: read(&c.replaced),
-            owner_changed: read(&c.owner_changed),
+            evicted: read(&c.evicted),
             idle: read(&c.idle),
             surplus: read(&c.surplus),
         }
@@ -226,32 +237,108 @@ impl Pool {
 
     async fn launch_member(&self) -> Result<Member, LaunchError> {
         let instance = self.inner.launcher.launch().await?;
+        Ok(self.adopt(instance))
+    }
+
+    /// Counts a started instance in.
+    fn adopt(&self, instance: Box<dyn Instance>) -> Member {
         bump(&self.inner.counters.started, 1);
         self.inner.live.fetch_add(1, Ordering::Relaxed);
         let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
         if let Some(pid) = instance.pid() {
             lock(&self.inner.pids).insert(id, pid);
         }
-        Ok(Member {
+        Member {
             id,
             instance,
-            owner: None,
+            function: None,
             uses: 0,
             last_used: Instant::now(),
-        })
+        }
     }
 
-    /// Takes the idle instance that may run `owner`'s code: one that already
-    /// ran it (most recently used first), else a fresh one. An instance of
-    /// another owner is handed out only to be stopped (`Err`).
-    fn take_idle(&self, owner: &str) -> Option<Result<Member, Member>> {
+    /// Most instances that may exist: the slots and the spares.
+    fn limit(&self) -> usize {
+        self.inner.policy.capacity + self.inner.policy.spare
+    }
+
+    /// Takes the idle instance that may run `function`: one that already ran
+    /// it (most recently used first), else a fresh one.
+    fn take_idle(&self, function: &str) -> Option<Member> {
         let mut idle = lock(&self.inner.idle);
-        let same = idle.iter().rposition(|m| m.owner.as_deref() == Some(owner));
-        let fresh = || idle.iter().rposition(|m| m.owner.is_none());
-        if let Some(i) = same.or_else(fresh) {
-            return Some(Ok(idle.remove(i)));
+        self.replace_doomed(&mut idle);
+        let same = idle
+            .iter()
+            .rposition(|m| m.function.as_deref() == Some(function));
+        let fresh = || idle.iter().rposition(|m| m.function.is_none());
+        let taken = same.or_else(fresh).map(|i| idle.remove(i));
+        let spares = idle.iter().filter(|m| m.function.is_none()).count();
+        if spares < self.inner.policy.spare {
+            // A spare is worth more than the least recently used idle
+            // process of another function: it serves whichever comes next.
+            let victim = if self.inner.live.load(Ordering::Relaxed) >= self.limit() {
+                let others = idle
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| {
+                        m.function.is_some() && m.function.as_deref() != Some(function)
+                    })
+                    .min_by_key(|(_, m)| m.last_used)
+                    .map(|(i, _)| i);
+                others.map(|i| idle.remove(i))
+            } else {
+                None
+            };
+            drop(idle);
+            if let Some(victim) = victim {
+                bump(&self.inner.counters.evicted, 1);
+                self.stop_later(victim);
+            }
+            if self.inner.live.load(Ordering::Relaxed) < self.limit() {
+                self.start_spare();
+            }
         }
-        idle.pop().map(Err)
+        taken
+    }
+
+    /// Stops the least recently used idle instance of another function
+    /// than `keep`, if there is one; fresh ones go last.
+    fn evict_one(idle: &mut Vec<Member>, keep: Option<&str>) -> Option<Member> {
+        let victim = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.function.is_some() && m.function.as_deref() != keep)
+            .min_by_key(|(_, m)| m.last_used)
+            .map(|(i, _)| i)
+            .or_else(|| idle.iter().position(|m| m.function.is_none()))?;
+        Some(idle.remove(victim))
+    }
+
+    /// Starts a fresh instance in the background, kept as a spare.
+    fn start_spare(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Counted as live from now, so that concurrent jobs do not start
+        // more spares than the policy keeps.
+        self.inner.live.fetch_add(1, Ordering::Relaxed);
+        let pool = self.clone();
+        let task = async move {
+            let launched = tokio::select! {
+                () = pool.inner.closing.cancelled() => None,
+                launched = pool.inner.launcher.launch() => Some(launched),
+            };
+            pool.inner.live.fetch_sub(1, Ordering::Relaxed);
+            match launched {
+                Some(Ok(instance)) => {
+                    let member = pool.adopt(instance);
+                    pool.put_back(member);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "starting a spare runtime"),
+                None => {}
+            }
+        };
+        self.inner.background.spawn_on(task, &runtime);
     }
 
     fn retire(&self, member: Member) -> Box<dyn Instance> {
@@ -270,27 +357,43 @@ impl Pool {
         }
     }
 
-    /// Returns a warm instance to `idle`, unless the pool is closing or
-    /// more instances exist than it has slots (a replacement that lost the
-    /// race to an on-demand start). Counting the instances that exist, not
-    /// the jobs running, keeps a job that has just taken a slot but not yet
-    /// an instance from making a good instance look surplus.
+    /// Returns a warm instance to `idle`, unless the pool is closing; then,
+    /// while more instances exist than the pool may keep, stops the least
+    /// recently used idle instance of another function (or, failing that,
+    /// a fresh one, or this one: a replacement that lost the race to an
+    /// on-demand start). Counting the instances that exist, not the jobs
+    /// running, keeps a job that has just taken a slot but not yet an
+    /// instance from making a good instance look surplus.
     fn put_back(&self, member: Member) {
         let mut idle = lock(&self.inner.idle);
-        let closing = self.inner.closing.is_cancelled();
-        if closing || self.inner.live.load(Ordering::Relaxed) > self.capacity() {
-            // Retired under the lock, so two instances put back at once
-            // are not both taken for the one too many.
+        if self.inner.closing.is_cancelled() {
             let instance = self.retire(member);
             drop(idle);
-            if !closing {
-                bump(&self.inner.counters.surplus, 1);
-            }
-            // Dropping kills the process (`kill_on_drop`).
             drop(instance);
             return;
         }
+        let function = member.function.clone();
         idle.push(member);
+        let mut stopped = Vec::new();
+        while self.inner.live.load(Ordering::Relaxed) > self.limit() {
+            let Some(victim) =
+                Self::evict_one(&mut idle, function.as_deref()).or_else(|| idle.pop())
+            else {
+                break;
+            };
+            // Retired under the lock, so two instances put back at once
+            // are not both taken for the one too many.
+            let counter = if victim.function.is_some() && victim.function != function {
+                &self.inner.counters.evicted
+            } else {
+                &self.inner.counters.surplus
+            };
+            bump(counter, 1);
+            stopped.push(self.retire(victim));
+        }
+        drop(idle);
+        // Dropping kills the process (`kill_on_drop`).
+        drop(stopped);
     }
 
     /// Stops a used-up or broken instance and warms a fresh one in the background.
@@ -326,9 +429,21 @@ impl Pool {
     }
 
     /// Stops instances idle for longer than the policy allows.
+    /// Replaces the idle instances that were killed while they waited.
+    fn replace_doomed(&self, idle: &mut Vec<Member>) {
+        let (dead, alive): (Vec<Member>, Vec<Member>) =
+            std::mem::take(idle).into_iter().partition(doomed);
+        *idle = alive;
+        for member in dead {
+            bump(&self.inner.counters.replaced, 1);
+            self.replace(member);
+        }
+    }
+
     fn spawn_idle_reaper(&self) {
         let timeout = self.inner.policy.idle_timeout;
-        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+        // Often enough that a killed idle process is replaced within a second.
+        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let pool = Arc::downgrade(&self.inner);
         let closing = self.inner.closing.clone();
         self.inner.background.spawn(async move {
@@ -341,6 +456,7 @@ impl Pool {
                 let pool = Pool { inner };
                 let expired: Vec<Member> = {
                     let mut idle = lock(&pool.inner.idle);
+                    pool.replace_doomed(&mut idle);
                     let (old, keep) = std::mem::take(&mut *idle)
                         .into_iter()
                         .partition(|m| m.last_used.elapsed() >= timeout);
@@ -366,8 +482,8 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Runs one job on an instance that may run its owner's code, starting
-    /// one if no such instance is warm.
+    /// Runs one job on an instance of its function, or a fresh one,
+    /// starting one if neither is warm.
     pub async fn execute(self, invocation: &Invocation) -> Result<Execution, RuntimeError> {
         let Self { pool, permit } = self;
         if pool.inner.closing.is_cancelled() {
@@ -381,21 +497,24 @@ impl Reservation {
             worn_out: false,
             _permit: permit,
         };
-        let mut member = match pool.take_idle(&invocation.owner) {
-            Some(Ok(member)) => member,
-            Some(Err(other_owner)) => {
-                bump(&pool.inner.counters.owner_changed, 1);
-                pool.stop_later(other_owner);
+        let function = format!("{}\n{}", invocation.owner, invocation.script_hash);
+        let mut member = match pool.take_idle(&function) {
+            Some(member) => member,
+            None => {
+                // Room first, so the pool never holds more than it may.
+                if pool.inner.live.load(Ordering::Relaxed) >= pool.limit() {
+                    let victim = Pool::evict_one(&mut lock(&pool.inner.idle), None);
+                    if let Some(victim) = victim {
+                        bump(&pool.inner.counters.evicted, 1);
+                        pool.stop_later(victim);
+                    }
+                }
                 pool.launch_member()
                     .await
                     .map_err(RuntimeError::NotLaunched)?
             }
-            None => pool
-                .launch_member()
-                .await
-                .map_err(RuntimeError::NotLaunched)?,
         };
-        member.owner = Some(invocation.owner.clone());
+        member.function = Some(function);
         member.uses += 1;
         let instance = &mut lease.member.insert(member).instance;
         let started = Instant::now();
@@ -446,6 +565,25 @@ impl Drop for Lease {
             }
         }
     }
+}
+
+/// A process that is gone, or that has a SIGKILL pending: a frozen task
+/// (cgroup v1) keeps a kill pending until it is thawed, looking alive.
+fn doomed(member: &Member) -> bool {
+    let Some(pid) = member.instance.pid() else {
+        return false;
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ShdPnd:")
+                .or_else(|| l.strip_prefix("SigPnd:"))
+        })
+        .filter_map(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .any(|pending| pending & (1 << 8) != 0)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -1,6 +1,12 @@
 //! One warm runtime process running an embedded runner script (`runner.js`,
 //! `runner.py`), driven one job at a time over the line protocol of
 //! [`super::protocol`]. Shared by every process-based runtime.
+//!
+//! A sandboxed process is frozen (its cgroup's freezer) from the moment it
+//! is ready until a job is written to it, and again as soon as it has
+//! answered: nothing a script leaves behind (a timer, a thread, an itimer)
+//! runs between jobs. A job that leaves more tasks (threads) in the process
+//! than it had when it became ready makes the process unfit for another job.
 
 use super::{
     protocol::{self, Hello, Response},
@@ -79,6 +85,9 @@ struct RunnerProcess {
     last_id: u64,
     /// The script's memory limit, for error messages.
     memory_mb: u32,
+    /// Tasks (threads) of the process when it became ready; `None` when
+    /// unconfined.
+    ready_tasks: Option<u64>,
 }
 
 /// Why a job ended without a response, which makes the process unusable.
@@ -108,9 +117,15 @@ impl RunnerProcess {
             ),
             last_id: 0,
             memory_mb,
+            ready_tasks: None,
         };
         match timeout(READY_TIMEOUT, runner.stdout.next()).await {
             Ok(Some(Ok(line))) if serde_json::from_str::<Hello>(&line).is_ok_and(|h| h.ready) => {
+                runner.ready_tasks = runner.process.tasks();
+                runner
+                    .process
+                    .freeze()
+                    .map_err(|e| format!("cannot freeze the runtime: {e}"))?;
                 Ok(runner)
             }
             Ok(Some(Ok(_) | Err(_))) => Err("runner sent no ready line".to_owned()),
@@ -132,6 +147,7 @@ impl RunnerProcess {
         let mut request = protocol::request_line(id, invocation);
         request.push('\n');
         let deadline = Instant::now() + invocation.timeout;
+        self.process.thaw().map_err(RuntimeError::NotStarted)?;
 
         let failure = match timeout_at(deadline, self.stdin.write_all(request.as_bytes())).await {
             Ok(Err(e)) => return Err(RuntimeError::NotStarted(e)),
@@ -143,9 +159,12 @@ impl RunnerProcess {
                 Ok(Some(Err(LinesCodecError::Io(e)))) => Failure::Protocol(e.to_string()),
                 Ok(Some(Ok(line))) => match serde_json::from_str::<Response>(&line) {
                     Ok(response) if response.id == id => {
-                        // A script that ran into the sandbox's limits may
-                        // have left threads or memory behind.
-                        let reusable = !response.recycle && !self.process.limits_reached();
+                        // A script that ran into the sandbox's limits, or
+                        // left threads, may run on into the next job.
+                        let reusable = !response.recycle
+                            && !self.process.limits_reached()
+                            && self.process.tasks() <= self.ready_tasks
+                            && self.process.freeze().is_ok();
                         return Ok(Report {
                             outcome: response.outcome(),
                             logs: response.logs,
@@ -231,8 +250,9 @@ impl Instance for RunnerProcess {
         let Self {
             mut process, stdin, ..
         } = *self;
-        // End of input is the runner's signal to exit.
+        // End of input is the runner's signal to exit, which it sees once thawed.
         drop(stdin);
+        let _ = process.thaw();
         Box::pin(async move {
             process.wait_or_kill(grace).await;
         })

@@ -85,11 +85,15 @@ impl RuntimeFs {
     }
 }
 
-/// The arguments of `bwrap` that run `program` with `args` in a sandbox.
+/// The arguments of `bwrap` that run `program` with `args` in a sandbox;
+/// `extra` (more binds) comes after the runtime directories, and `workdir`
+/// is the working directory.
 pub(super) fn arguments(
     fs: &RuntimeFs,
     scratch_bytes: u64,
     seccomp_fds: &[RawFd],
+    extra: &[OsString],
+    workdir: &Path,
     program: &Path,
     args: &[OsString],
 ) -> Vec<OsString> {
@@ -119,15 +123,14 @@ pub(super) fn arguments(
             &scratch_bytes.to_string(),
             "--tmpfs",
             "/tmp",
-            "--remount-ro",
-            "/",
-            "--remount-ro",
-            "/dev",
-            "--chdir",
-            "/tmp",
         ]
         .map(OsString::from),
     );
+    // After `/tmp` (a bind below it stays visible), before `/` is remounted
+    // read-only (binds need their mount points made).
+    all.extend(extra.iter().cloned());
+    all.extend(["--remount-ro", "/", "--remount-ro", "/dev"].map(OsString::from));
+    all.extend(["--chdir".into(), workdir.into()]);
     for fd in seccomp_fds {
         all.extend(["--add-seccomp-fd".into(), fd.to_string().into()]);
     }
@@ -153,6 +156,8 @@ mod tests {
             &fs,
             1 << 20,
             &[7],
+            &[],
+            Path::new("/tmp"),
             Path::new("/usr/bin/node"),
             &["-e".into()],
         );
@@ -175,5 +180,6 @@ mod tests {
             );
         }
         assert_eq!(text[at("--remount-ro") + 1], "/");
+        assert_eq!(text[at("--chdir") + 1], "/tmp");
     }
 }

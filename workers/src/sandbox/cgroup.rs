@@ -1,33 +1,47 @@
-//! One control group per sandboxed process, for the limits namespaces cannot
-//! give: memory (including swap and the scratch tmpfs, which is charged to
-//! its writer) and the number of tasks (processes and threads).
+//! One control group per sandboxed process, for what namespaces cannot give:
+//! memory (including swap and the scratch tmpfs, which is charged to its
+//! writer), the number of tasks (processes and threads), a CPU quota, and
+//! freezing: a runtime process is frozen whenever it runs no job, so nothing
+//! a script left behind (a timer, a thread) runs between jobs.
 //!
 //! Both layouts are supported and detected once: cgroup v2 (the unified
-//! hierarchy, with the `memory` and `pids` controllers available to the
-//! worker's own group) and cgroup v1 (separate `memory` and `pids`
-//! hierarchies). Groups are created under the worker's own group, named
-//! `lambda-sandbox-<worker pid>-<n>`, and removed once their process is gone.
+//! hierarchy, with the `memory` and `pids` controllers, and `cpu` for a
+//! quota, available to the worker's own group; freezing is built in) and
+//! cgroup v1 (separate `memory`, `pids`, `freezer` and `cpu` hierarchies).
+//! Groups are created under the worker's own groups, named
+//! `lambda-sandbox-<worker pid>-<n>`, and removed once their processes are gone.
+//!
+//! - `group`: a live group and what the worker reads and writes in it.
+
+mod group;
+
+pub(crate) use group::Cgroup;
 
 use std::{
     fs,
     io::{self, ErrorKind},
-    os::{fd::OwnedFd, unix::fs::FileExt},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
 };
 
 const PREFIX: &str = "lambda-sandbox-";
-/// How long a removed group may take to empty after its process was killed.
-const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The CFS period a CPU quota is expressed in, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// Where the worker may create control groups.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Layout {
-    /// The worker's own v2 group, with memory and pids enabled for children.
-    V2 { parent: PathBuf },
-    /// The worker's own groups in the v1 memory and pids hierarchies.
-    V1 { memory: PathBuf, pids: PathBuf },
+    /// The worker's own v2 group, with memory and pids (and maybe cpu)
+    /// enabled for children.
+    V2 { parent: PathBuf, cpu: bool },
+    /// The worker's own groups in the v1 hierarchies.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        freezer: PathBuf,
+        cpu: Option<PathBuf>,
+    },
 }
 
 /// The limits of one group.
@@ -35,33 +49,24 @@ pub(super) enum Layout {
 pub(super) struct Limits {
     pub(super) memory_bytes: u64,
     pub(super) pids: u32,
-}
-
-/// A live control group (one directory per hierarchy); removed on drop.
-#[derive(Debug)]
-pub(crate) struct Cgroup {
-    dirs: Vec<PathBuf>,
-    /// Where the kernel counts OOM kills: `memory.events` or `memory.oom_control`.
-    oom_file: PathBuf,
-    /// Counters of the times a limit stopped the group: a file, kept open
-    /// because it is read after every job (`None` where the kernel has no
-    /// such file: it counts as 0), and the key of its line, or `None` for a
-    /// file holding one number.
-    limit_counters: Vec<(Option<fs::File>, Option<&'static str>)>,
+    /// CPU time per wall-clock time, in thousandths of a core; 0: no quota.
+    pub(super) cpu_millis: u32,
 }
 
 impl Layout {
     /// Finds the layout from `/proc/self/cgroup` and `/proc/self/mountinfo`,
-    /// prepares it (v2: enables the controllers for child groups) and
-    /// removes groups left behind by workers that are gone.
+    /// prepares it (v2: enables the controllers for child groups; v1: keeps
+    /// one empty group frozen, see [`keep_freezer_active`]) and removes
+    /// groups left behind by workers that are gone.
     pub(super) fn detect() -> Result<Self, String> {
         let read = |path: &str| fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
         let layout = Self::parse(&read("/proc/self/cgroup")?, &read("/proc/self/mountinfo")?)?;
-        if let Self::V2 { parent } = &layout {
-            enable_v2_controllers(parent)?;
-        }
         for dir in layout.parents() {
             remove_stale(dir);
+        }
+        match &layout {
+            Self::V2 { parent, cpu } => enable_v2_controllers(parent, *cpu)?,
+            Self::V1 { freezer, .. } => keep_freezer_active(freezer)?,
         }
         Ok(layout)
     }
@@ -84,10 +89,10 @@ impl Layout {
             let dir = mount.locate(path)?;
             let controllers = fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
             let has = |name| controllers.split_whitespace().any(|c| c == name);
-            (has("memory") && has("pids")).then_some(dir)
+            (has("memory") && has("pids")).then(|| (dir, has("cpu")))
         });
-        if let Some(parent) = v2 {
-            return Ok(Self::V2 { parent });
+        if let Some((parent, cpu)) = v2 {
+            return Ok(Self::V2 { parent, cpu });
         }
         let v1 = |controller: &str| {
             let mount = mounts
@@ -95,12 +100,17 @@ impl Layout {
                 .find(|m| m.fstype == "cgroup" && m.options.split(',').any(|o| o == controller))?;
             mount.locate(own(Some(controller))?)
         };
-        match (v1("memory"), v1("pids")) {
-            (Some(memory), Some(pids)) => Ok(Self::V1 { memory, pids }),
+        match (v1("memory"), v1("pids"), v1("freezer")) {
+            (Some(memory), Some(pids), Some(freezer)) => Ok(Self::V1 {
+                memory,
+                pids,
+                freezer,
+                cpu: v1("cpu"),
+            }),
             _ => Err(
-                "no cgroup with the memory and pids controllers is available to the \
-                      worker (cgroup v2 with both controllers delegated, or cgroup v1 with \
-                      both hierarchies mounted)"
+                "no cgroup with the memory and pids controllers (and, on cgroup v1, the \
+                 freezer) is available to the worker (cgroup v2 with both controllers \
+                 delegated, or cgroup v1 with those hierarchies mounted)"
                     .to_owned(),
             ),
         }
@@ -108,8 +118,25 @@ impl Layout {
 
     fn parents(&self) -> Vec<&Path> {
         match self {
-            Self::V2 { parent } => vec![parent],
-            Self::V1 { memory, pids } => vec![memory, pids],
+            Self::V2 { parent, .. } => vec![parent],
+            Self::V1 {
+                memory,
+                pids,
+                freezer,
+                cpu,
+            } => [Some(memory), Some(pids), Some(freezer), cpu.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(PathBuf::as_path)
+                .collect(),
+        }
+    }
+
+    /// Whether groups can be given a CPU quota here.
+    pub(super) fn has_cpu(&self) -> bool {
+        match self {
+            Self::V2 { cpu, .. } => *cpu,
+            Self::V1 { cpu, .. } => cpu.is_some(),
         }
     }
 
@@ -122,122 +149,51 @@ impl Layout {
             std::process::id(),
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
-        let memory = limits.memory_bytes.to_string();
-        let pids = limits.pids.to_string();
-        let mut group = Cgroup {
-            dirs: Vec::new(),
-            oom_file: PathBuf::new(),
-            limit_counters: Vec::new(),
-        };
+        let quota_us = u64::from(limits.cpu_millis) * CPU_PERIOD_US / 1000;
+        let mut group = group::Builder::default();
         match self {
-            Self::V2 { parent } => {
+            Self::V2 { parent, .. } => {
                 let dir = group.make(parent.join(&name))?;
-                write(&dir, "memory.max", &memory)?;
+                write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
                 write_if_present(&dir, "memory.swap.max", "0")?;
                 // An OOM kill takes the whole sandbox, not one of its threads' processes.
                 write_if_present(&dir, "memory.oom.group", "1")?;
-                write(&dir, "pids.max", &pids)?;
-                group.oom_file = dir.join("memory.events");
-                group.limit_counters = vec![
-                    (open_counter(&dir, "memory.events"), Some("max")),
-                    (open_counter(&dir, "pids.events"), Some("max")),
-                ];
+                write(&dir, "pids.max", &limits.pids.to_string())?;
+                if quota_us > 0 {
+                    write(&dir, "cpu.max", &format!("{quota_us} {CPU_PERIOD_US}"))?;
+                }
+                group.oom_file(dir.join("memory.events"));
+                group.counter(&dir, "memory.events", Some("max"));
+                group.counter(&dir, "pids.events", Some("max"));
+                group.tasks(&dir.join("pids.current"))?;
+                group.freezer(&dir.join("cgroup.freeze"), group::FreezeFile::V2)?;
             }
             Self::V1 {
-                memory: root,
-                pids: pids_root,
+                memory,
+                pids,
+                freezer,
+                cpu,
             } => {
-                let dir = group.make(root.join(&name))?;
-                write(&dir, "memory.limit_in_bytes", &memory)?;
-                write_if_present(&dir, "memory.memsw.limit_in_bytes", &memory)?;
-                group.oom_file = dir.join("memory.oom_control");
-                group.limit_counters = vec![(open_counter(&dir, "memory.failcnt"), None)];
-                let dir = group.make(pids_root.join(&name))?;
-                write(&dir, "pids.max", &pids)?;
-                group
-                    .limit_counters
-                    .push((open_counter(&dir, "pids.events"), Some("max")));
-            }
-        }
-        let procs = group
-            .dirs
-            .iter()
-            .map(|dir| {
-                Ok(fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))?
-                    .into())
-            })
-            .collect::<io::Result<_>>()?;
-        Ok((group, procs))
-    }
-}
-
-impl Cgroup {
-    fn make(&mut self, dir: PathBuf) -> io::Result<PathBuf> {
-        fs::create_dir(&dir)?;
-        self.dirs.push(dir.clone());
-        Ok(dir)
-    }
-
-    /// Whether the kernel's OOM killer has killed anything in the group.
-    pub(super) fn oom_killed(&self) -> bool {
-        let text = fs::read_to_string(&self.oom_file).unwrap_or_default();
-        ["oom_kill", "oom_group_kill"]
-            .into_iter()
-            .any(|key| counter(&text, Some(key)) > 0)
-    }
-
-    /// Whether the group ever ran into its memory or pids limit (an
-    /// allocation had to wait for reclaim, a thread could not be created).
-    pub(super) fn limits_reached(&self) -> bool {
-        let mut buffer = [0u8; 512];
-        self.limit_counters.iter().any(|(file, key)| {
-            // Read from the start each time: the kernel renders the file anew.
-            let n = file
-                .as_ref()
-                .and_then(|f| f.read_at(&mut buffer, 0).ok())
-                .unwrap_or(0);
-            counter(&String::from_utf8_lossy(&buffer[..n]), *key) > 0
-        })
-    }
-
-    /// Waits (up to a bound) for the group's processes to be gone, then
-    /// removes its directories.
-    fn remove(dirs: &[PathBuf]) {
-        let deadline = Instant::now() + EMPTY_TIMEOUT;
-        for dir in dirs {
-            loop {
-                match fs::remove_dir(dir) {
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) if e.kind() != ErrorKind::NotFound => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "removing a sandbox cgroup");
-                        break;
-                    }
-                    _ => break,
+                let bytes = limits.memory_bytes.to_string();
+                let dir = group.make(memory.join(&name))?;
+                write(&dir, "memory.limit_in_bytes", &bytes)?;
+                write_if_present(&dir, "memory.memsw.limit_in_bytes", &bytes)?;
+                group.oom_file(dir.join("memory.oom_control"));
+                group.counter(&dir, "memory.failcnt", None);
+                let dir = group.make(pids.join(&name))?;
+                write(&dir, "pids.max", &limits.pids.to_string())?;
+                group.counter(&dir, "pids.events", Some("max"));
+                group.tasks(&dir.join("pids.current"))?;
+                let dir = group.make(freezer.join(&name))?;
+                group.freezer(&dir.join("freezer.state"), group::FreezeFile::V1)?;
+                if let (Some(cpu), true) = (cpu, quota_us > 0) {
+                    let dir = group.make(cpu.join(&name))?;
+                    write(&dir, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                    write(&dir, "cpu.cfs_quota_us", &quota_us.to_string())?;
                 }
             }
         }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        self.limit_counters.clear();
-        let dirs = std::mem::take(&mut self.dirs);
-        if dirs.is_empty() {
-            return;
-        }
-        // The processes die asynchronously after SIGKILL; wait for them off
-        // the async threads.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || Cgroup::remove(&dirs))),
-            Err(_) => Cgroup::remove(&dirs),
-        }
+        group.finish()
     }
 }
 
@@ -280,16 +236,16 @@ impl Mount {
 
 /// cgroup v2 lets a group hand controllers to its children only while it has
 /// no processes of its own, so the worker first moves into a leaf group.
-fn enable_v2_controllers(parent: &Path) -> Result<(), String> {
+fn enable_v2_controllers(parent: &Path, cpu: bool) -> Result<(), String> {
     let enabled = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
     let on = |name| enabled.split_whitespace().any(|c| c == name);
-    if on("memory") && on("pids") {
+    if on("memory") && on("pids") && (!cpu || on("cpu")) {
         return Ok(());
     }
     let leaf = parent.join("lambda-worker");
     let context = |e: io::Error| {
         format!(
-            "enabling the memory and pids controllers below {}: {e} (delegate that cgroup to the worker)",
+            "enabling the memory, pids and cpu controllers below {}: {e} (delegate that cgroup to the worker)",
             parent.display()
         )
     };
@@ -298,7 +254,29 @@ fn enable_v2_controllers(parent: &Path) -> Result<(), String> {
         _ => {}
     }
     fs::write(leaf.join("cgroup.procs"), "0").map_err(context)?;
-    fs::write(parent.join("cgroup.subtree_control"), "+memory +pids").map_err(context)
+    let controllers = if cpu {
+        "+memory +pids +cpu"
+    } else {
+        "+memory +pids"
+    };
+    fs::write(parent.join("cgroup.subtree_control"), controllers).map_err(context)
+}
+
+/// cgroup v1's freezer switches a kernel static key on when the first group
+/// freezes and off when the last one thaws, and that switch costs about
+/// 250 µs of CPU each way: a runtime frozen after every job would pay it
+/// twice per job. One empty group kept frozen for the worker's lifetime
+/// keeps the key on, and a freeze and thaw then cost about 10 µs.
+fn keep_freezer_active(freezer: &Path) -> Result<(), String> {
+    let anchor = freezer.join(format!("{PREFIX}{}-anchor", std::process::id()));
+    match fs::create_dir(&anchor) {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+            return Err(format!("creating {}: {e}", anchor.display()))
+        }
+        _ => {}
+    }
+    fs::write(anchor.join("freezer.state"), "FROZEN")
+        .map_err(|e| format!("freezing {}: {e}", anchor.display()))
 }
 
 /// Removes the empty groups of workers that are no longer running.
@@ -319,26 +297,6 @@ fn remove_stale(parent: &Path) {
             let _ = fs::remove_dir(entry.path());
         }
     }
-}
-
-/// The number in a counter file's `text` (`key: None`) or on its line
-/// starting with `key`; 0 when there is none.
-fn counter(text: &str, key: Option<&str>) -> u64 {
-    let value = match key {
-        None => text.trim(),
-        Some(key) => text
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(' ')?;
-                (name == key).then_some(value)
-            })
-            .unwrap_or_default(),
-    };
-    value.trim().parse().unwrap_or(0)
-}
-
-fn open_counter(dir: &Path, file: &str) -> Option<fs::File> {
-    fs::File::open(dir.join(file)).ok()
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
@@ -379,10 +337,21 @@ mod tests {
             &fs::read_to_string("/proc/self/cgroup").unwrap(),
             &fs::read_to_string("/proc/self/mountinfo").unwrap(),
         ) {
-            Ok(Layout::V2 { parent }) => assert!(parent.join("cgroup.controllers").is_file()),
-            Ok(Layout::V1 { memory, pids }) => {
+            Ok(Layout::V2 { parent, .. }) => {
+                assert!(parent.join("cgroup.controllers").is_file())
+            }
+            Ok(Layout::V1 {
+                memory,
+                pids,
+                freezer,
+                cpu,
+            }) => {
                 assert!(memory.join("memory.limit_in_bytes").is_file());
                 assert!(pids.join("cgroup.procs").is_file());
+                assert!(freezer.join("cgroup.procs").is_file());
+                if let Some(cpu) = cpu {
+                    assert!(cpu.join("cpu.cfs_quota_us").is_file());
+                }
             }
             Err(e) => assert!(e.contains("memory and pids"), "{e}"),
         }

@@ -5,13 +5,20 @@
 //! namespaces (no network at all), only the read-only runtime of the host
 //! visible plus a size-limited scratch tmpfs, an empty environment, no
 //! capabilities, `no_new_privs`, a seccomp filter against new processes and
-//! kernel attack surface, an unprivileged uid (the worker drops to
-//! `WORKER_SANDBOX_UID` before starting `bwrap`, so not even an escape is
-//! root) and a control group with memory and pids limits.
+//! kernel attack surface, an unprivileged uid of its own (leased from
+//! `WORKER_SANDBOX_UID_BASE`.., see [`uids`]; the worker drops to it before
+//! starting `bwrap`, so not even an escape is root, and no two sandboxes
+//! share a uid) and a control group with memory, pids and CPU limits and a
+//! freezer, through which the runtime is stopped between jobs.
+//!
+//! Two profiles exist: [`Profile::Runtime`] for the warm runtimes, and
+//! [`Profile::Compiler`] for `rustc`, which may start processes (its linker)
+//! and sees the built crates read-only and its build directory writable.
 //!
 //! - `bwrap`: the bubblewrap command line.
 //! - `seccomp`: the BPF filters.
 //! - `cgroup`: per-process control groups, v1 or v2.
+//! - `uids`: the uid leases.
 //! - `exec`: the steps between fork and exec (the only `unsafe` code).
 //!
 //! [`Sandbox::disabled`] runs runtimes as plain child processes in a private
@@ -21,39 +28,48 @@ mod bwrap;
 mod cgroup;
 mod exec;
 mod seccomp;
+mod uids;
 
 pub(crate) use exec::kill_process_group;
+pub use uids::UidRange;
 
 use crate::supervisor::{resolve_program, ProcessSpec, Supervised};
 use std::{
     io::{self, Write},
     os::{fd::AsRawFd, unix::net::UnixStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, OnceLock},
     time::Duration,
 };
 use tokio::process::Command;
 
-/// Most tasks (processes and threads) one sandbox may hold: a runtime's
-/// own threads and a few the script starts.
+/// Most tasks (processes and threads) one runtime sandbox may hold: a
+/// runtime's own threads and a few the script starts.
 const PIDS_MAX: u32 = 64;
+/// Most tasks of the compiler's sandbox: rustc's threads and its linker's.
+const COMPILER_PIDS_MAX: u32 = 256;
 /// How long the start-up check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The configurable part of the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSettings {
-    /// uid (and gid) the runtimes run as, outside their user namespace.
-    pub uid: u32,
+    /// uids (and gids) sandboxed processes run as, outside their user
+    /// namespace, one per process.
+    pub uids: UidRange,
     /// Size of the scratch tmpfs at `/tmp`, in MiB.
     pub scratch_mb: u32,
+    /// CPU time a process may use per wall-clock time, in thousandths of a
+    /// core (1000: one core); 0 sets no quota.
+    pub cpu_millis: u32,
 }
 
 impl Default for SandboxSettings {
     fn default() -> Self {
         Self {
-            uid: 65534,
+            uids: UidRange::default(),
             scratch_mb: 64,
+            cpu_millis: 1000,
         }
     }
 }
@@ -62,6 +78,22 @@ impl Default for SandboxSettings {
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     settings: Option<Arc<SandboxSettings>>,
+}
+
+/// What a sandboxed process is for.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Profile {
+    /// A warm runtime: threads but no processes, only the host's runtime
+    /// files, a scratch `/tmp`.
+    #[default]
+    Runtime,
+    /// The compiler: may start processes (its linker); sees `read_only`
+    /// too, and `writable` (its build directory, handed to its uid) as its
+    /// working directory.
+    Compiler {
+        read_only: Vec<PathBuf>,
+        writable: PathBuf,
+    },
 }
 
 /// Why the sandbox cannot run processes here.
@@ -105,6 +137,7 @@ impl Sandbox {
             label: "sandbox-check",
             memory_mb: 16,
             sandbox: self.clone(),
+            profile: Profile::Runtime,
         };
         let (mut process, _pipes) =
             Supervised::spawn(&spec).map_err(|e| SandboxError(e.to_string()))?;
@@ -124,18 +157,52 @@ impl Sandbox {
         let Some(settings) = &self.settings else {
             return unconfined(spec);
         };
-        let host = Host::get().map_err(|e| io::Error::other(e.clone()))?;
+        let host = Host::get(settings).map_err(|e| io::Error::other(e.clone()))?;
         let program = host.fs.locate(&spec.program)?;
-        let switch_to = switch_to(settings.uid)?;
+        let lease = match &host.uids {
+            Some(uids) => Some(uids.lease()?),
+            None => None,
+        };
+        let switch_to = lease.as_ref().map(|lease| (lease.uid, lease.uid));
         let scratch_bytes = u64::from(settings.scratch_mb) << 20;
+        let compiler = matches!(spec.profile, Profile::Compiler { .. });
         let limits = cgroup::Limits {
             // The scratch tmpfs is charged to the process writing it.
             memory_bytes: (u64::from(spec.memory_mb) << 20) + scratch_bytes,
-            pids: PIDS_MAX,
+            pids: if compiler {
+                COMPILER_PIDS_MAX
+            } else {
+                PIDS_MAX
+            },
+            cpu_millis: settings.cpu_millis,
         };
-        let (cgroup, cgroup_procs) = host.layout.create(limits)?;
-        let inherit = host
-            .seccomp
+        let (mut cgroup, cgroup_procs) = host.layout.create(limits)?;
+        let mut extra = Vec::new();
+        let mut workdir = Path::new("/tmp");
+        if let Profile::Compiler {
+            read_only,
+            writable,
+        } = &spec.profile
+        {
+            if let Some((uid, gid)) = switch_to {
+                std::os::unix::fs::chown(writable, Some(uid), Some(gid))?;
+            }
+            for dir in read_only {
+                extra.extend(["--ro-bind".into(), dir.into(), dir.into()]);
+            }
+            extra.extend(["--bind".into(), writable.into(), writable.into()]);
+            workdir = writable;
+        }
+        // The uid is free again once no process of this sandbox is left.
+        if let Some(lease) = lease {
+            cgroup.hold_until_empty(lease);
+        }
+        let seccomp = if compiler {
+            &host.seccomp_compiler
+        } else {
+            &host.seccomp
+        };
+        let inherit = seccomp
             .iter()
             .map(|program| readable(program))
             .collect::<io::Result<Vec<_>>>()?;
@@ -147,6 +214,8 @@ impl Sandbox {
                 &host.fs,
                 scratch_bytes,
                 &fds,
+                &extra,
+                workdir,
                 &program,
                 &spec.args,
             ))
@@ -181,6 +250,14 @@ impl Confinement {
         match self {
             Self::Sandboxed(cgroup) => cgroup.oom_killed(),
             Self::Unconfined { .. } => false,
+        }
+    }
+
+    /// The cgroup of a sandboxed process.
+    pub(crate) fn cgroup(&self) -> Option<&cgroup::Cgroup> {
+        match self {
+            Self::Sandboxed(cgroup) => Some(cgroup),
+            Self::Unconfined { .. } => None,
         }
     }
 
@@ -234,21 +311,6 @@ fn unconfined(spec: &ProcessSpec) -> io::Result<(Command, Confinement)> {
     ))
 }
 
-/// The `(uid, gid)` the child switches to before starting the sandbox: the
-/// sandbox uid when the worker is root; nothing when the worker already runs
-/// as that uid; any other case is a configuration error.
-fn switch_to(uid: u32) -> io::Result<Option<(u32, u32)>> {
-    match exec::current_uid() {
-        _ if uid == 0 => Err(io::Error::other("WORKER_SANDBOX_UID must not be 0")),
-        0 => Ok(Some((uid, uid))),
-        own if own == uid => Ok(None),
-        own => Err(io::Error::other(format!(
-            "the worker runs as uid {own} and cannot switch to WORKER_SANDBOX_UID={uid}: \
-             run it as root, or set WORKER_SANDBOX_UID={own}"
-        ))),
-    }
-}
-
 /// A descriptor from which `bytes` can be read once, up to end of file.
 fn readable(bytes: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
     let (mut writer, reader) = UnixStream::pair()?;
@@ -262,27 +324,53 @@ struct Host {
     bwrap: PathBuf,
     fs: bwrap::RuntimeFs,
     layout: cgroup::Layout,
+    /// The filters of runtimes, and of the compiler (which may fork).
     seccomp: Vec<Vec<u8>>,
+    seccomp_compiler: Vec<Vec<u8>>,
+    /// `None` when the worker is not root: every sandbox then runs as the
+    /// worker's own uid.
+    uids: Option<uids::UidPool>,
 }
 
 impl Host {
-    fn get() -> Result<&'static Host, &'static String> {
+    /// The host, examined with the settings of the first sandbox used (a
+    /// worker has one).
+    fn get(settings: &SandboxSettings) -> Result<&'static Host, &'static String> {
         static HOST: OnceLock<Result<Host, String>> = OnceLock::new();
-        HOST.get_or_init(Self::examine).as_ref()
+        HOST.get_or_init(|| Self::examine(settings)).as_ref()
     }
 
-    fn examine() -> Result<Self, String> {
+    fn examine(settings: &SandboxSettings) -> Result<Self, String> {
         let bwrap = resolve_program("bwrap")
             .map_err(|_| "bubblewrap is not installed (apt-get install bubblewrap)".to_owned())?;
         let fs = bwrap::RuntimeFs::of_host().map_err(|e| format!("runtime directories: {e}"))?;
         let layout = cgroup::Layout::detect()?;
-        let seccomp = seccomp::programs().map_err(|e| format!("seccomp filter: {e}"))?;
+        if settings.cpu_millis > 0 && !layout.has_cpu() {
+            return Err("the cpu cgroup controller is not available to the worker \
+                        (WORKER_CPU_LIMIT=0 runs runtimes without a CPU quota)"
+                .to_owned());
+        }
+        let seccomp = seccomp::programs(false).map_err(|e| format!("seccomp filter: {e}"))?;
+        let seccomp_compiler =
+            seccomp::programs(true).map_err(|e| format!("seccomp filter: {e}"))?;
+        let uids = if exec::current_uid() == 0 {
+            settings.uids.check()?;
+            Some(uids::UidPool::new(settings.uids).map_err(|e| format!("uid leases: {e}"))?)
+        } else {
+            tracing::warn!(
+                uid = exec::current_uid(),
+                "the worker is not root: every sandboxed process runs as the worker's uid"
+            );
+            None
+        };
         tracing::info!(?layout, "runtime sandbox: bubblewrap, seccomp, cgroups");
         Ok(Self {
             bwrap,
             fs,
             layout,
             seccomp,
+            seccomp_compiler,
+            uids,
         })
     }
 }
@@ -292,19 +380,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn works_here_and_refuses_root_as_the_sandbox_uid() {
+    async fn works_here() {
         Sandbox::default().check().await.unwrap();
         Sandbox::disabled().check().await.unwrap();
-
-        let root = Sandbox::new(SandboxSettings {
-            uid: 0,
-            ..SandboxSettings::default()
-        });
-        let error = root.check().await.unwrap_err().to_string();
-        assert!(
-            error.contains("WORKER_SANDBOX_UID must not be 0"),
-            "{error}"
-        );
-        assert!(error.contains("WORKER_SANDBOX=off"), "{error}");
     }
 }

@@ -73,21 +73,33 @@ const ABSENT: &[libc::c_long] = &[
     libc::SYS_io_uring_register,
 ];
 
-/// The filters, each as the raw bytes of a `sock_filter` array.
-pub(super) fn programs() -> Result<Vec<Vec<u8>>, seccompiler::Error> {
+/// Starting a process, which the compiler may do (to run its linker).
+#[cfg(target_arch = "x86_64")]
+const NEW_PROCESS: &[libc::c_long] = &[libc::SYS_fork, libc::SYS_vfork];
+#[cfg(not(target_arch = "x86_64"))]
+const NEW_PROCESS: &[libc::c_long] = &[];
+
+/// The filters, each as the raw bytes of a `sock_filter` array; with
+/// `allow_processes`, `fork`, `vfork` and `clone` of processes pass.
+pub(super) fn programs(allow_processes: bool) -> Result<Vec<Vec<u8>>, seccompiler::Error> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
 
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
-    // A new process, not a thread: `clone` without CLONE_THREAD in its flags
-    // (the first argument on x86_64 and aarch64).
-    let new_process = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Qword,
-        SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
-        0,
-    )?;
-    denied.insert(libc::SYS_clone, vec![SeccompRule::new(vec![new_process])?]);
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED
+        .iter()
+        .filter(|nr| !(allow_processes && NEW_PROCESS.contains(nr)))
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    if !allow_processes {
+        // A new process, not a thread: `clone` without CLONE_THREAD in its
+        // flags (the first argument on x86_64 and aarch64).
+        let new_process = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+            0,
+        )?;
+        denied.insert(libc::SYS_clone, vec![SeccompRule::new(vec![new_process])?]);
+    }
     let absent = ABSENT.iter().map(|&nr| (nr, Vec::new())).collect();
 
     let filters = [(denied, libc::EPERM), (absent, libc::ENOSYS)];
@@ -168,9 +180,12 @@ mod tests {
 
     #[test]
     fn compiles_filters_of_whole_instructions() {
-        let programs = programs().unwrap();
-        assert!(programs.len() >= 2);
-        for program in programs {
+        let runtime = programs(false).unwrap();
+        let compiler = programs(true).unwrap();
+        assert!(runtime.len() >= 2);
+        assert_eq!(runtime.len(), compiler.len());
+        assert!(compiler[0].len() < runtime[0].len(), "fewer denials");
+        for program in runtime.into_iter().chain(compiler) {
             assert!(!program.is_empty());
             assert_eq!(program.len() % 8, 0);
             // The kernel refuses programs longer than BPF_MAXINSNS.

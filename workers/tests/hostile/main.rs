@@ -10,8 +10,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod isolation;
 mod node;
 mod python;
+mod wasm;
 
 use common::descendants;
 use schemas::{ErrorCode, JobError, Language};

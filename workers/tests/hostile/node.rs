@@ -355,9 +355,12 @@ const socket = await new Promise((resolve) => {
 });
 return { env: p.env, uid: p.getuid(), shadow, socket };";
     let execution = f.run(script, json!({})).await;
+    let mut outcome = result(&execution);
+    let uid = outcome["uid"].take().as_u64().unwrap();
+    assert!(uid >= 2_000_000_000, "a sandbox uid, not {uid}");
     assert_eq!(
-        result(&execution),
-        json!({"env": {}, "uid": 65534, "shadow": "ENOENT", "socket": "ECONNREFUSED"})
+        outcome,
+        json!({"env": {}, "uid": null, "shadow": "ENOENT", "socket": "ECONNREFUSED"})
     );
     f.still_works().await;
 }
@@ -385,7 +388,10 @@ return {
     );
     // Outside its namespace the runtime is an unprivileged uid, not root.
     for pid in f.runtime_pids() {
-        assert_eq!(status_field(pid, "Uid"), "65534\t65534\t65534\t65534");
+        let uid = status_field(pid, "Uid");
+        let real: u32 = uid.split('\t').next().unwrap().parse().unwrap();
+        assert!(real >= 2_000_000_000, "{uid}");
+        assert_eq!(uid, [real; 4].map(|u| u.to_string()).join("\t"));
         assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
     }
     f.still_works().await;
@@ -477,10 +483,9 @@ async fn node_sandboxes_die_with_the_worker() {
     })
     .await
     .expect("the worker starts its pool");
-    assert_eq!(
-        pids.len(),
-        6,
-        "two sandboxes of bwrap, bwrap and node: {pids:?}"
+    assert!(
+        pids.len() >= 6 && pids.len().is_multiple_of(3),
+        "two sandboxes (and maybe a spare) of bwrap, bwrap and node: {pids:?}"
     );
 
     worker.start_kill().unwrap();

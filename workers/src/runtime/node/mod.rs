@@ -5,7 +5,7 @@
 
 use super::{process::RunnerSpec, Instance, LaunchError, Launcher};
 use crate::{
-    sandbox::Sandbox,
+    sandbox::{Profile, Sandbox},
     supervisor::{resolve_program, ProcessSpec},
 };
 use futures::future::BoxFuture;
@@ -64,6 +64,7 @@ impl NodeLauncher {
                     label: Language::Nodejs.as_str(),
                     memory_mb: options.memory_mb.saturating_add(PROCESS_OVERHEAD_MB),
                     sandbox: options.sandbox.clone(),
+                    profile: Profile::Runtime,
                 },
                 Language::Nodejs,
                 options.max_output_bytes,

@@ -16,6 +16,8 @@ const vm = require('vm');
 
 const OUTPUT_LIMIT = Number(process.argv[1]) || 1024 * 1024;
 const CACHE_LIMIT = 256;
+// Deepest nesting of arrays and objects a result may have.
+const MAX_DEPTH = 100;
 const SCRIPT_FILE = 'script.js';
 const scriptRequire = require;
 
@@ -46,8 +48,14 @@ Object.defineProperty(process, 'stdout', {
 
 let current = null; // The job being run: {id, logs, logBytes, truncated, done}.
 
+// Lone surrogates would make the logs, an error or a result JSON that
+// storage refuses; logs and errors get U+FFFD in their place.
+function wellFormed(text) {
+  return String(text).toWellFormed();
+}
+
 function capture(...args) {
-  const text = util.format(...args);
+  const text = wellFormed(util.format(...args));
   if (current === null) {
     process.stderr.write(text + '\n');
     return;
@@ -127,16 +135,16 @@ function handlerFor(scope, hash, script) {
 function describe(error) {
   // Errors thrown in a script's context are not `instanceof Error` here.
   if (!util.types.isNativeError(error) && !(error instanceof Object && 'stack' in error)) {
-    return { name: 'Error', message: String(error), stack: null, line: null };
+    return { name: 'Error', message: wellFormed(error), stack: null, line: null };
   }
   const stack = String(error.stack || '');
   const frames = stack.split('\n').filter((l) => !/^\s+at /.test(l) || l.includes(SCRIPT_FILE));
   const match = /script\.js:(\d+):\d+/.exec(stack);
   const line = match ? Number(match[1]) : null;
   return {
-    name: String(error.name || 'Error'),
-    message: String(error.message),
-    stack: frames.join('\n'),
+    name: wellFormed(error.name || 'Error'),
+    message: wellFormed(error.message),
+    stack: wellFormed(frames.join('\n')),
     line: line !== null && line > 0 ? line : null,
   };
 }
@@ -167,20 +175,70 @@ function serialise(result) {
   if (bytes > OUTPUT_LIMIT) {
     throw new RangeError(`result too large: ${bytes} bytes, the limit is ${OUTPUT_LIMIT}`);
   }
+  // JSON.stringify escapes a lone surrogate as \udXXX (an odd number of
+  // backslashes before the u): valid JSON that no storage keeps faithfully.
+  if (/(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F][0-9a-fA-F]{2}/.test(json)) {
+    throw new TypeError('result holds a lone surrogate (half of a UTF-16 pair): not valid Unicode');
+  }
+  const depth = nesting(json);
+  if (depth > MAX_DEPTH) {
+    throw new RangeError(`result nested too deeply: ${depth} levels, the limit is ${MAX_DEPTH}`);
+  }
   return json;
+}
+
+// How deeply the arrays and objects of JSON text nest.
+function nesting(json) {
+  let deepest = 0;
+  let depth = 0;
+  if (json.length < MAX_DEPTH * 2) return 0;
+  const tokens = /"(?:[^"\\]|\\.)*"|[[\]{}]/g;
+  for (let match = tokens.exec(json); match !== null; match = tokens.exec(json)) {
+    const c = match[0];
+    if (c === '[' || c === '{') {
+      depth += 1;
+      if (depth > deepest) deepest = depth;
+    } else if (c === ']' || c === '}') {
+      depth -= 1;
+    }
+  }
+  return deepest;
+}
+
+// Timers and handles alive now, by kind ('Timeout', 'TCPWrap', …). Requests
+// in flight ('FSReqPromise', 'CloseReq', …) are left out: an awaited one may
+// still be closing when the job ends.
+const REQUEST = /Req|WriteWrap|ShutdownWrap/;
+function resources() {
+  const counts = new Map();
+  for (const kind of process.getActiveResourcesInfo()) {
+    if (!REQUEST.test(kind)) counts.set(kind, (counts.get(kind) || 0) + 1);
+  }
+  return counts;
+}
+
+// Whether the script left something that would run later (a timer, an
+// interval, a worker thread, a pending request): the process is replaced
+// rather than let it run into a later job.
+function leftBehind(before) {
+  for (const [kind, count] of resources()) {
+    if (count > (before.get(kind) || 0)) return true;
+  }
+  return false;
 }
 
 async function run(request) {
   const job = { id: request.id, logs: [], logBytes: 0, truncated: false, done: false };
   current = job;
+  const before = resources();
   try {
     const scope = scopeFor(request.scope);
     const handler = handlerFor(scope, request.hash, request.script);
     const event = scope.parse(JSON.stringify({ params: request.params, context: request.context }));
     const result = await handler(event, event.context, scriptRequire);
-    finish(job, ',"ok":true,"result":' + serialise(result), false);
+    finish(job, ',"ok":true,"result":' + serialise(result), leftBehind(before));
   } catch (error) {
-    fail(job, error, false);
+    fail(job, error, leftBehind(before));
   }
 }
 
@@ -198,6 +256,9 @@ process.on('uncaughtException', escaped);
 process.on('unhandledRejection', escaped);
 
 async function main() {
+  // libuv starts its thread pool on first use; started now, its threads
+  // count among the process's own, not as threads a script left behind.
+  await fs.promises.stat('.');
   writeLine('{"ready":true}');
   const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
   for await (const line of lines) {

@@ -5,7 +5,7 @@
 
 use super::{process::RunnerSpec, Instance, LaunchError, Launcher};
 use crate::{
-    sandbox::Sandbox,
+    sandbox::{Profile, Sandbox},
     supervisor::{resolve_program, ProcessSpec},
 };
 use futures::future::BoxFuture;
@@ -85,6 +85,7 @@ impl PythonLauncher {
                         mb => mb.saturating_add(PROCESS_OVERHEAD_MB),
                     },
                     sandbox: options.sandbox.clone(),
+                    profile: Profile::Runtime,
                 },
                 Language::Python,
                 options.max_output_bytes,

@@ -19,15 +19,21 @@ import io
 import json
 import linecache
 import os
+import re
 import resource
 import sys
 import threading
 import traceback
 
+import _signal
+
 OUTPUT_LIMIT = int(sys.argv[1]) if len(sys.argv) > 1 else 1024 * 1024
 MEMORY_MB = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 CACHE_LIMIT = 256
 MESSAGE_LIMIT = 16 * 1024  # Characters of an error's message, and of its stack.
+MAX_DEPTH = 100  # Deepest nesting of arrays and objects a result may have.
+TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+ITIMERS = (_signal.ITIMER_REAL, _signal.ITIMER_VIRTUAL, _signal.ITIMER_PROF)
 FILENAME = "<script>"
 TRUNCATED = b'"[logs truncated]"'
 # ast.PyCF_ALLOW_TOP_LEVEL_AWAIT and inspect.CO_COROUTINE, without importing
@@ -199,7 +205,27 @@ def serialise(value):
         raise TypeError(f"result is not JSON-serialisable: {e}") from None
     if len(data) > OUTPUT_LIMIT:
         raise ValueError(f"result too large: {len(data)} bytes, the limit is {OUTPUT_LIMIT}")
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH:
+        depth = deepest = 0
+        for token in TOKENS.findall(data):
+            if token in (b"[", b"{"):
+                depth += 1
+                deepest = max(deepest, depth)
+            elif token in (b"]", b"}"):
+                depth -= 1
+        if deepest > MAX_DEPTH:
+            raise ValueError(f"result nested too deeply: {deepest} levels, the limit is {MAX_DEPTH}")
     return data
+
+
+def signal_state():
+    """The signal handlers now, when a script could have changed them."""
+    return [_signal.getsignal(n) for n in range(1, _signal.NSIG) if n not in (9, 19)]
+
+
+def timers_left():
+    """Whether the script left an interval timer (`setitimer`, `alarm`) running."""
+    return any(_signal.getitimer(which) != (0.0, 0.0) for which in ITIMERS)
 
 
 def describe(error, script):
@@ -259,8 +285,11 @@ def run(request):
     finally:
         current = None
         sys.stdout, sys.stderr, sys.stdin = stdout, stderr, stdin
-    # Threads or tasks the script left behind would run into the next job.
-    if threading.active_count() > 1 or tasks_left():
+    # Threads, tasks, timers or signal handlers the script left behind would
+    # run into the next job.
+    if threading.active_count() > 1 or tasks_left() or timers_left():
+        recycle = True
+    elif signal_state() != handlers:
         recycle = True
     tail = b',"recycle":true}' if recycle else b"}"
     return b'{"id":%d' % job.id + body + b',"logs":' + job.logs_json() + tail
@@ -281,8 +310,13 @@ def send(data):
     responses.flush()
 
 
+handlers = None  # The signal handlers the runner started with.
+
+
 def main():
+    global handlers
     sys.stdout, sys.stderr, sys.stdin = stdout, stderr, stdin
+    handlers = signal_state()
     limit_memory(MEMORY_MB)
     send(b'{"ready":true}')
     for line in requests:

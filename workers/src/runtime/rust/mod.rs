@@ -6,14 +6,14 @@
 //!
 //! Artifacts are cached on disk (`<cache>/rust/<compiler identity>/`), so
 //! the cache survives restarts. Compiling untrusted source is itself a risk
-//! (`include_str!("/etc/shadow")`, const-evaluation bombs): `rustc` runs
-//! through the supervisor (empty environment, own process group, killed on
-//! drop) with a timeout, bounded output, OS resource limits (`prlimit`:
-//! address space, CPU time, file size) and, when the worker runs as root, as
-//! the unprivileged user `nobody` (`setpriv`), so that it reads only
-//! world-readable files and writes only its own build directory. It does
-//! not run in the runtimes' bubblewrap sandbox, which would show it neither
-//! the built crates nor a build directory.
+//! (`include_str!("/etc/passwd")`, reads through `/proc`, const-evaluation
+//! bombs): `rustc` runs in the workers' OS sandbox with the compiler profile
+//! (its own uid, no network, a new `/proc`, only the toolchain, the built
+//! crates read-only and its private build directory writable; memory, CPU
+//! and task limits of its own cgroup), with a timeout, bounded output and
+//! `prlimit` (address space, CPU time, file size). The worker runs at most
+//! one compilation per owner at a time, so one tenant's slow sources do not
+//! hold back another's.
 //!
 //! - `deps`: building `serde_json` for the target.
 //! - `rustc`: one confined compiler run.
@@ -21,11 +21,11 @@
 mod deps;
 mod rustc;
 
-use crate::{runtime::wasm::CompileError, supervisor::resolve_program};
+use crate::{runtime::wasm::CompileError, sandbox::Sandbox, supervisor::resolve_program};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use std::{
-    os::unix::fs::{DirBuilderExt, MetadataExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -53,6 +53,9 @@ pub struct RustOptions {
     pub timeout: Duration,
     /// Bound on the diagnostics kept from one compilation.
     pub max_output_bytes: usize,
+    /// The sandbox the compiler runs in (the runtimes' one, with the
+    /// compiler profile).
+    pub sandbox: Sandbox,
 }
 
 impl Default for RustOptions {
@@ -64,6 +67,7 @@ impl Default for RustOptions {
             crates_dir: PathBuf::from("/usr/share/cargo/registry"),
             timeout: Duration::from_secs(60),
             max_output_bytes: 64 * 1024,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -104,8 +108,18 @@ impl RustCompiler {
             dir.join("artifacts"),
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
-        let is_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0)?;
-        let confinement = rustc::Confinement::find(is_root);
+        // A toolchain outside `/usr` is shown to the sandboxed compiler too.
+        let sysroot = tokio::process::Command::new(&rustc)
+            .args(["--print", "sysroot"])
+            .output()
+            .await
+            .with_context(|| format!("running {} --print sysroot", rustc.display()))?;
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+        let read_only = (!sysroot.starts_with("/usr") && sysroot.is_dir())
+            .then_some(sysroot)
+            .into_iter()
+            .collect();
+        let confinement = rustc::Confinement::new(options.sandbox.clone(), read_only);
         Ok(Self {
             rustc,
             options,

@@ -1,10 +1,11 @@
 //! One compiler run on untrusted source: the handler wrapped in a `main`,
-//! fed to `rustc` on stdin, through the supervisor, bounded in time and output.
+//! fed to `rustc` on stdin, in the sandbox's compiler profile, through the
+//! supervisor, bounded in time, memory and output.
 
 use super::deps::dependency_path;
 use crate::{
     runtime::wasm::CompileError,
-    sandbox::Sandbox,
+    sandbox::{Profile, Sandbox},
     supervisor::{resolve_program, ProcessSpec, Supervised},
 };
 use std::{
@@ -14,8 +15,6 @@ use std::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Uid and gid of `nobody`.
-const NOBODY: u32 = 65534;
 /// Address space the compiler may map (it needs ~200 MiB for a handler).
 const RUSTC_ADDRESS_SPACE: u64 = 2 << 30;
 /// Largest file the compiler may write.
@@ -67,33 +66,33 @@ fn main() {
 }
 "#;
 
-/// OS limits around the compiler (util-linux): `prlimit` bounds its address
-/// space, CPU time and file sizes; when the worker is root, `setpriv` runs
-/// it as `nobody`, so it reads only world-readable files.
+/// Where the compiler runs: in the workers' OS sandbox (bubblewrap, its own
+/// uid, no network, a new `/proc`, a cgroup with memory, CPU and task
+/// limits) with the compiler profile, which lets it start its linker and
+/// shows it only the toolchain (`/usr`, and `read_only`: the built crates,
+/// a sysroot outside `/usr`) and its own build directory. Inside, `prlimit`
+/// (util-linux) bounds its CPU time, address space and file sizes.
 #[derive(Debug)]
 pub(super) struct Confinement {
+    pub(super) sandbox: Sandbox,
+    pub(super) read_only: Vec<PathBuf>,
     prlimit: Option<PathBuf>,
-    setpriv: Option<PathBuf>,
 }
 
 impl Confinement {
-    /// Finds the tools; `drop_privileges` when the worker runs as root.
-    pub(super) fn find(drop_privileges: bool) -> Self {
-        let setpriv = drop_privileges
-            .then(|| resolve_program("setpriv").ok())
-            .flatten();
-        if drop_privileges && setpriv.is_none() {
-            tracing::warn!("setpriv not found: rustc runs as root");
-        }
+    pub(super) fn new(sandbox: Sandbox, read_only: Vec<PathBuf>) -> Self {
         let prlimit = resolve_program("prlimit").ok();
         if prlimit.is_none() {
-            tracing::warn!("prlimit not found: rustc runs without resource limits");
+            tracing::warn!("prlimit not found: rustc runs without CPU-time and file-size limits");
         }
-        Self { prlimit, setpriv }
-    }
-
-    fn drops_privileges(&self) -> bool {
-        self.setpriv.is_some()
+        if !sandbox.is_enabled() {
+            tracing::warn!("WORKER_SANDBOX=off: rustc runs UNCONFINED on untrusted sources");
+        }
+        Self {
+            sandbox,
+            read_only,
+            prlimit,
+        }
     }
 
     /// The command prefix that applies the limits.
@@ -106,15 +105,6 @@ impl Confinement {
                 format!("--fsize={RUSTC_FILE_SIZE}").into(),
                 format!("--cpu={}", timeout.as_secs().max(1)).into(),
                 "--".into(),
-            ]);
-        }
-        if let Some(setpriv) = &self.setpriv {
-            prefix.extend([
-                setpriv.clone().into(),
-                format!("--reuid={NOBODY}").into(),
-                format!("--regid={NOBODY}").into(),
-                "--clear-groups".into(),
-                "--no-new-privs".into(),
             ]);
         }
         prefix
@@ -140,25 +130,24 @@ impl Run<'_> {
     /// compiler's diagnostics.
     pub(super) async fn compile(&self, source: &str) -> Result<PathBuf, CompileError> {
         let failed = |message: &str, e: std::io::Error| CompileError::new(message, e.to_string());
-        if self.confinement.drops_privileges() {
-            std::os::unix::fs::chown(self.build_dir, Some(NOBODY), Some(NOBODY))
-                .map_err(|e| failed("cannot prepare the build directory", e))?;
-        }
         let output = self.build_dir.join(OUTPUT);
         let mut command = self.confinement.prefix(self.timeout);
         command.push(self.rustc.into());
         command.extend(self.rustc_args(&output));
         let mut args: Vec<OsString> = vec!["-c".into(), SHELL.into(), "rustc".into()];
         args.extend(command);
-        // Not the runtimes' bubblewrap sandbox: it shows the compiler neither
-        // the built crates nor a build directory. The confinement above
-        // (rlimits, uid `nobody`) applies instead.
+        let mut read_only = self.confinement.read_only.clone();
+        read_only.push(self.deps.to_owned());
         let spec = ProcessSpec {
             program: resolve_program("sh").map_err(|e| failed("no shell to run rustc", e))?,
             args,
             label: "rustc",
             memory_mb: u32::try_from(RUSTC_ADDRESS_SPACE >> 20).unwrap_or(u32::MAX),
-            sandbox: Sandbox::disabled(),
+            sandbox: self.confinement.sandbox.clone(),
+            profile: Profile::Compiler {
+                read_only,
+                writable: self.build_dir.to_owned(),
+            },
         };
         let (mut child, pipes) =
             Supervised::spawn(&spec).map_err(|e| failed("cannot start rustc", e))?;

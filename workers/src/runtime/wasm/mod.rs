@@ -34,9 +34,6 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Compiled modules kept in memory.
 const MODULE_CACHE_SIZE: usize = 256;
-/// Extra time a job gets past its deadline before it is abandoned from the
-/// outside (a host call such as a WASI sleep is not interrupted by epochs).
-const ABANDON_GRACE: Duration = Duration::from_secs(1);
 /// Memory of a job that sets none, in MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 128;
 
@@ -75,18 +72,23 @@ impl WasmEngine {
     /// Creates the engine and starts the epoch ticker thread. With `rust`,
     /// the engine also runs Rust sources, compiled by it.
     pub fn new(options: WasmOptions, rust: Option<Arc<RustCompiler>>) -> anyhow::Result<Arc<Self>> {
-        let slots = u32::try_from(options.concurrency.max(1))?
-            // Room for jobs abandoned after a timeout that still hold a slot.
-            .saturating_mul(2);
+        // A job's store, and with it its slot, is gone when the job answers,
+        // timed out or not: one slot per job that may run at once.
+        let slots = u32::try_from(options.concurrency.max(1))?;
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_core_instances(slots)
+            .total_stacks(slots)
             .total_memories(slots)
             .total_tables(slots)
             .max_memory_size(usize::try_from(options.max_memory_mb)? << 20);
         let mut config = wasmtime::Config::new();
         config
             .epoch_interruption(true)
+            // Each module compiles on its own blocking thread: in parallel,
+            // one tenant's large module would fill the shared compile pool
+            // and every other module would wait behind it.
+            .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -168,24 +170,19 @@ impl WasmEngine {
             memory_bytes: usize::try_from(memory_mb).unwrap_or(usize::MAX) << 20,
             max_output_bytes: self.options.max_output_bytes,
         };
-        let running = tokio::task::spawn_blocking(move || job::run(&pre, spec));
-        match tokio::time::timeout(invocation.timeout + ABANDON_GRACE, running).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => Report {
-                outcome: Err(JobError::new(
-                    ErrorCode::InternalError,
-                    format!("the wasm job failed: {e}"),
-                )),
-                logs: Vec::new(),
-                reusable: true,
-            },
-            // The thread is stuck in a host call; it ends by itself later.
-            Err(_) => Report {
-                outcome: Err(job::timeout_error(invocation.timeout)),
-                logs: Vec::new(),
-                reusable: true,
-            },
-        }
+        // The job computes on a blocking thread; its host calls (a WASI
+        // sleep) and its deadline are served by the runtime's timers.
+        let runtime = tokio::runtime::Handle::current();
+        let running =
+            tokio::task::spawn_blocking(move || runtime.block_on(job::run(&pre, spec))).await;
+        running.unwrap_or_else(|e| Report {
+            outcome: Err(JobError::new(
+                ErrorCode::InternalError,
+                format!("the wasm job failed: {e}"),
+            )),
+            logs: Vec::new(),
+            reusable: true,
+        })
     }
 }
 

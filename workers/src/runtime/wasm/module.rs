@@ -58,7 +58,9 @@ struct Entries {
 impl ModuleCache {
     pub(super) fn new(engine: &Engine, capacity: usize) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut JobState| &mut state.wasi)?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut JobState| {
+            &mut state.wasi
+        })?;
         Ok(Self {
             linker,
             capacity,
